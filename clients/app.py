@@ -1,0 +1,31 @@
+"""The fedsys ClientApp (wiring only; the logic lives in :mod:`fedsys.node`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedsys.node import handlers
+from fedsys.wire import ACTION_IDENTIFY
+
+
+def make_client_app(local: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp; ``local`` carries simulated data holders' own settings (budget, ledger dir)."""
+    own = dict(local or {})
+    client = ClientApp()
+
+    @client.train()
+    def train(message: Message, context: Context) -> Message:
+        return handlers.train(message, context, own)
+
+    @client.query(ACTION_IDENTIFY)
+    def identify(message: Message, context: Context) -> Message:
+        return handlers.identify(message, context)
+
+    return client
+
+
+app = make_client_app()

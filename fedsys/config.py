@@ -1,0 +1,309 @@
+"""Run configuration: the one place that reads run-config keys and validates them.
+
+A scenario is a TOML file with top-level keys and sections (``[train]``, ``[dp]``, ...).
+Flower passes run config as a flat mapping with dotted keys (``dp.noise-multiplier``);
+both shapes load into the same frozen :class:`RunConfig`. Keys are kebab-case, as in
+Flower's run config. An unknown key or a value of the wrong type is a :class:`ConfigError`
+that names the key and echoes the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+import tomllib
+
+from fedsys.errors import ConfigError
+
+StrategyName = Literal["fedavg", "fedprox"]
+Accountant = Literal["rdp", "prv"]
+GradSampleMode = Literal["auto", "hooks", "ghost"]
+BudgetPolicy = Literal["refuse", "truncate"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+_PARTITION_RE = re.compile(r"^(iid|natural|dirichlet:(?P<alpha>[0-9.eE+-]+)|shards:(?P<k>\d+))$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training hyper-parameters sent to clients each round."""
+
+    lr: float = 0.1
+    momentum: float = 0.0
+    batch_size: int = 32
+    local_epochs: int = 1
+    local_steps: int = 0  # 0 = use local_epochs
+    strategy: StrategyName = "fedavg"
+    proximal_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "must be > 0")
+        _require(0 <= self.momentum < 1, "train.momentum", self.momentum, "must be in [0, 1)")
+        _require(self.batch_size >= 1, "train.batch-size", self.batch_size, "must be >= 1")
+        _require(self.local_epochs >= 1, "train.local-epochs", self.local_epochs, "must be >= 1")
+        _require(self.local_steps >= 0, "train.local-steps", self.local_steps, "must be >= 0")
+        _require(self.proximal_mu >= 0, "train.proximal-mu", self.proximal_mu, "must be >= 0")
+        if self.strategy == "fedprox" and self.proximal_mu == 0:
+            raise ConfigError("train.strategy 'fedprox' needs train.proximal-mu > 0, got 0")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How many clients take part in each round."""
+
+    clients_per_round: int = 0  # 0 = use fraction
+    fraction: float = 1.0
+    min_clients: int = 2
+    round_timeout: float = 600.0  # seconds to wait for replies
+
+    def __post_init__(self) -> None:
+        _require(0 < self.fraction <= 1, "sampling.fraction", self.fraction, "must be in (0, 1]")
+        _require(
+            self.clients_per_round >= 0, "sampling.clients-per-round", self.clients_per_round, "must be >= 0"
+        )
+        _require(self.min_clients >= 1, "sampling.min-clients", self.min_clients, "must be >= 1")
+        _require(self.round_timeout > 0, "sampling.round-timeout", self.round_timeout, "must be > 0")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Sample-level DP-SGD requested by the server (the budget is the client's own)."""
+
+    enabled: bool = True
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    accountant: Accountant = "rdp"
+    grad_sample_mode: GradSampleMode = "auto"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
+            "dp.noise-multiplier",
+            self.noise_multiplier,
+            "must be >= 0",
+        )
+        _require(
+            self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm),
+            "dp.max-grad-norm",
+            self.max_grad_norm,
+            "must be > 0",
+        )
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """A data holder's own privacy budget (simulation stands in for every data holder)."""
+
+    max_epsilon: float = 8.0
+    target_delta: float = 1e-5
+    policy: BudgetPolicy = "refuse"
+
+    def __post_init__(self) -> None:
+        _require(self.max_epsilon > 0, "budget.max-epsilon", self.max_epsilon, "must be > 0")
+        _require(0 < self.target_delta < 1, "budget.target-delta", self.target_delta, "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation (SecAgg+) parameters."""
+
+    enabled: bool = True
+    clip_range: float = 8.0
+    quant_bits: int = 24
+    threshold_fraction: float = 0.0  # 0 = library default (SecAgg+ graph threshold)
+    stage_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.clip_range > 0 and math.isfinite(self.clip_range),
+            "secagg.clip-range",
+            self.clip_range,
+            "must be a finite number > 0",
+        )
+        _require(8 <= self.quant_bits <= 40, "secagg.quant-bits", self.quant_bits, "must be in [8, 40]")
+        _require(
+            0 <= self.threshold_fraction <= 1,
+            "secagg.threshold-fraction",
+            self.threshold_fraction,
+            "must be in [0, 1]",
+        )
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Virtual-client settings for Flower's simulation engine."""
+
+    num_clients: int = 10
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    ray_address: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.num_clients >= 1, "simulation.num-clients", self.num_clients, "must be >= 1")
+        _require(self.num_cpus > 0, "simulation.num-cpus", self.num_cpus, "must be > 0")
+        _require(self.num_gpus >= 0, "simulation.num-gpus", self.num_gpus, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one federated run needs, validated."""
+
+    num_rounds: int = 5
+    seed: int = 0
+    dataset: str = "digits"
+    label_column: str = "label"
+    partition: str = "auto"
+    model: str = "mlp"
+    device: DeviceName = "auto"
+    test_fraction: float = 0.2
+    checkpoint_every: int = 1
+    num_classes: int = 0  # deployment: the server holds no data to infer it from
+    feature_shape: str = ""  # deployment: e.g. "30" or "1,8,8"
+    out_dir: str = ""
+    ledger_dir: str = ""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.num_rounds >= 1, "num-rounds", self.num_rounds, "must be >= 1")
+        _require(0 < self.test_fraction < 1, "test-fraction", self.test_fraction, "must be in (0, 1)")
+        _require(self.checkpoint_every >= 1, "checkpoint-every", self.checkpoint_every, "must be >= 1")
+        if self.partition != "auto" and not _PARTITION_RE.match(self.partition):
+            raise ConfigError(
+                f"partition must be iid, natural, dirichlet:ALPHA or shards:K, got {self.partition!r}"
+            )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build from nested (TOML) or flat dotted (Flower run config) keys."""
+        return _build(cls, _nest(data), prefix="")
+
+    @classmethod
+    def from_toml(cls, path: Path) -> RunConfig:
+        """Load a scenario file."""
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as err:
+            raise ConfigError(f"scenario file not found: {path}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"scenario file {path} is not valid TOML: {err}") from err
+        return cls.from_mapping(data)
+
+    def replace(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """Return a copy with dotted-key overrides applied (and validated)."""
+        merged = _deep_merge(self.to_mapping(), _nest(overrides))
+        return RunConfig.from_mapping(merged)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Nested mapping with kebab-case keys (round-trips through ``from_mapping``)."""
+        return _to_mapping(self)
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """Flat dotted mapping, the shape of Flower's run config."""
+        flat: dict[str, bool | int | float | str] = {}
+        for key, value in self.to_mapping().items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
+    def resolved_partition(self) -> str:
+        """The partition spec with ``auto`` resolved for the data set."""
+        if self.partition != "auto":
+            return self.partition
+        return "natural" if self.dataset.startswith("synthetic") else "iid"
+
+
+def _require(ok: bool, key: str, value: object, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule}, got {value!r}")
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _nest(data: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in data.items():
+        if "." in key:
+            section, _, sub = key.partition(".")
+            nested.setdefault(section, {})
+            if not isinstance(nested[section], dict):
+                raise ConfigError(f"{section} is a section, got a value for {section!r}")
+            nested[section].update(_nest({sub: value}))
+        elif isinstance(value, Mapping):
+            nested.setdefault(key, {}).update(_nest(value))
+        else:
+            nested[key] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    fields = {_kebab(f.name): f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            known = ", ".join(sorted(prefix + k for k in fields))
+            raise ConfigError(f"unknown config key {prefix + key!r} (known: {known})")
+        f = fields[key]
+        kwargs[f.name] = _coerce(hints[f.name], value, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} is a section, got {value!r}")
+        return _build(hint, value, prefix=f"{key}.")
+    if getattr(hint, "__origin__", None) is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _to_mapping(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[_kebab(f.name)] = _to_mapping(value) if dataclasses.is_dataclass(value) else value
+    return out

@@ -1,0 +1,176 @@
+"""The server's round loop: sample, train (plain or secure aggregation), evaluate, record."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.serverapp import Grid
+
+from fedsys import results
+from fedsys.config import RunConfig
+from fedsys.coordinator.checkpoint import ServerState, load_checkpoint, save_checkpoint
+from fedsys.coordinator.plain import plain_round
+from fedsys.coordinator.population import discover
+from fedsys.coordinator.round import RoundOutcome
+from fedsys.data import central_test_data
+from fedsys.data.dataset import ArrayDataset
+from fedsys.errors import AbortedRoundError, ConfigError
+from fedsys.models import build_model, load_weights, to_arrays
+from fedsys.strategy import apply_delta
+from fedsys.training import evaluate, resolve_device
+
+log = logging.getLogger("fedsys")
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Coordinator:
+    """Drives one federated run on a Flower ``Grid``."""
+
+    grid: Grid
+    config: RunConfig
+    run_dir: Path
+    simulated: bool
+    on_round: RoundCallback | None = None
+    resume: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) all rounds; returns the summary written to summary.json."""
+        cfg = self.config
+        central = None if cfg.dataset == "node" else central_test_data(cfg)
+        model = _initial_model(cfg, central)
+        weights, rng, run_id, start, exhausted = self._initial_state(model)
+        population = discover(self.grid, cfg, simulated=self.simulated)
+        device = resolve_device(cfg.device)
+        stop_reason = ""
+        for rnd in range(start, cfg.num_rounds + 1):
+            available = population.available(exhausted)
+            if len(available) < cfg.sampling.min_clients:
+                stop_reason = (
+                    f"stopped before round {rnd}: only {len(available)} client(s) can still "
+                    f"train (sampling.min-clients = {cfg.sampling.min_clients}); "
+                    f"{len(exhausted)} exhausted their privacy budget"
+                )
+                log.warning(stop_reason)
+                break
+            started = time.perf_counter()
+            sampled = population.sample(available, cfg.sampling, rng)
+            outcome = self._train_round(sampled, weights, rnd, run_id)
+            exhausted.update(population.key(n) for n in outcome.declined)
+            if outcome.delta is not None:
+                weights = apply_delta(weights, outcome.delta)
+            t_eval = time.perf_counter()
+            record = outcome.record(rnd, sampled)
+            if central is not None:
+                load_weights(model, weights, source="aggregate")
+                ev = evaluate(model, central, device=device)
+                record.update({"loss": ev.loss, **ev.metrics})
+            record["eval-seconds"] = time.perf_counter() - t_eval
+            record["round-seconds"] = time.perf_counter() - started
+            self._finish_round(
+                record,
+                ServerState(rnd, run_id, weights, rng.bit_generator.state, self.history, sorted(exhausted)),
+            )
+        return self._summarise(weights, run_id, stop_reason)
+
+    def _initial_state(
+        self, model: torch.nn.Module
+    ) -> tuple[dict[str, np.ndarray], np.random.Generator, str, int, set[str]]:
+        rng = np.random.default_rng([self.config.seed, 7])
+        if self.resume:
+            state = load_checkpoint(self.run_dir)
+            rng.bit_generator.state = state.rng_state
+            self.history = state.history
+            results.rewrite_metrics(self.run_dir, self.history)
+            log.info("resuming run %s after round %d", state.run_id, state.round)
+            return state.weights, rng, state.run_id, state.round + 1, set(state.exhausted)
+        results.write_config(self.run_dir, self.config)
+        results.rewrite_metrics(self.run_dir, [])
+        return to_arrays(model), rng, secrets.token_hex(8), 1, set()
+
+    def _train_round(
+        self, sampled: list[int], weights: dict[str, np.ndarray], rnd: int, run_id: str
+    ) -> RoundOutcome:
+        cfg = self.config
+        try:
+            if cfg.secagg.enabled:
+                from fedsys.coordinator.secure import secure_round
+
+                return secure_round(self.grid, cfg, sampled, weights, rnd, run_id)
+            return plain_round(self.grid, cfg, sampled, weights, rnd, run_id)
+        except AbortedRoundError as err:
+            log.warning("round %d abandoned: %s", rnd, err)
+            return RoundOutcome(sampled=sampled, status="abandoned", message=str(err))
+
+    def _finish_round(self, record: dict[str, Any], state: ServerState) -> None:
+        self.history.append(record)
+        results.append_metrics(self.run_dir, record)
+        if state.round % self.config.checkpoint_every == 0 or state.round == self.config.num_rounds:
+            save_checkpoint(self.run_dir, state)
+        log.info("round %d: %s", state.round, _brief(record))
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def _summarise(self, weights: dict[str, np.ndarray], run_id: str, stop_reason: str) -> dict[str, Any]:
+        results.write_model(self.run_dir, weights)
+        last = self.history[-1] if self.history else {}
+        summary = {
+            "run-id": run_id,
+            "rounds-completed": len(self.history),
+            "rounds-planned": self.config.num_rounds,
+            "final-loss": last.get("loss"),
+            "final-accuracy": last.get("accuracy"),
+            "final-macro-f1": last.get("macro-f1"),
+            "epsilon-max": max((r.get("epsilon-max") or 0.0 for r in self.history), default=0.0),
+            "dp": self.config.dp.enabled,
+            "secagg": self.config.secagg.enabled,
+            "stop-reason": stop_reason,
+            "run-dir": str(self.run_dir),
+        }
+        results.write_summary(self.run_dir, summary)
+        return summary
+
+
+def _initial_model(cfg: RunConfig, central: ArrayDataset | None) -> torch.nn.Module:
+    if central is not None:
+        shape, classes = central.feature_shape, central.num_classes
+    else:
+        if not cfg.feature_shape or cfg.num_classes < 2:
+            raise ConfigError(
+                "dataset 'node' needs feature-shape (e.g. \"30\") and num-classes >= 2 in the scenario"
+            )
+        try:
+            shape = tuple(int(d) for d in cfg.feature_shape.split(","))
+        except ValueError as err:
+            raise ConfigError(
+                f"feature-shape must be comma-separated integers, got {cfg.feature_shape!r}"
+            ) from err
+        classes = cfg.num_classes
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, shape, classes)
+
+
+def _brief(record: dict[str, Any]) -> str:
+    keys = (
+        "status",
+        "accuracy",
+        "loss",
+        "clients-succeeded",
+        "clients-failed",
+        "clients-declined",
+        "epsilon-max",
+    )
+    return ", ".join(
+        f"{k}={record[k]:.4g}" if isinstance(record.get(k), float) else f"{k}={record.get(k)}"
+        for k in keys
+        if k in record
+    )

@@ -1,0 +1,88 @@
+"""A plaintext round: clients send their deltas in the clear, the server averages them."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from flwr.app import ConfigRecord, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedsys.config import RunConfig
+from fedsys.coordinator.messaging import exchange
+from fedsys.coordinator.round import RoundOutcome
+from fedsys.errors import ModelError, ProtocolError
+from fedsys.models import check_weights
+from fedsys.strategy import weighted_mean
+from fedsys.wire import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    STATUS_BUDGET,
+    STATUS_OK,
+    require_arrays,
+    status_of,
+    to_record,
+)
+
+log = logging.getLogger("fedsys")
+
+
+def round_config(config: RunConfig, rnd: int, run_id: str) -> ConfigRecord:
+    """The run config plus round and run id, as sent to clients."""
+    shared = {
+        k: v for k, v in config.to_flat().items() if not k.startswith(("budget.", "ledger-dir", "out-dir"))
+    }
+    return ConfigRecord({**shared, "server-round": rnd, "run-id": run_id})
+
+
+def plain_round(
+    grid: Grid, config: RunConfig, sampled: list[int], weights: dict[str, np.ndarray], rnd: int, run_id: str
+) -> RoundOutcome:
+    """Send the global weights, collect deltas, and average them by example count."""
+    content = RecordDict({ARRAYS: to_record(weights), CONFIG: round_config(config, rnd, run_id)})
+    started = time.perf_counter()
+    ex = exchange(
+        grid,
+        {n: content for n in sampled},
+        message_type=MessageType.TRAIN,
+        timeout=config.sampling.round_timeout,
+    )
+    outcome = RoundOutcome(sampled=sampled, failed=ex.failed, train_seconds=time.perf_counter() - started)
+    for node, reason in ex.errors.items():
+        log.warning("round %d: node %d failed: %s", rnd, node, reason)
+    deltas, counts = [], []
+    for node, reply in sorted(ex.replies.items()):
+        metrics = dict(reply.content.metric_records.get(METRICS, {}))
+        if "epsilon" in metrics:
+            outcome.epsilons.append(float(metrics["epsilon"]))  # type: ignore[arg-type]
+        status = status_of(reply)
+        if status == STATUS_BUDGET:
+            outcome.declined.append(node)
+            continue
+        try:
+            if status != STATUS_OK:
+                raise ProtocolError(f"unknown status {status!r}")
+            delta = require_arrays(reply)
+            check_weights(weights, delta, source=f"node {node}")
+        except (ModelError, ProtocolError) as err:
+            log.warning("round %d: dropping the update of node %d: %s", rnd, node, err)
+            outcome.failed.append(node)
+            continue
+        deltas.append(delta)
+        counts.append(float(metrics.get("num-examples", 0.0)))  # type: ignore[arg-type]
+        outcome.train_losses.append(float(metrics.get("train-loss", float("nan"))))  # type: ignore[arg-type]
+        outcome.succeeded.append(node)
+    if len(deltas) < config.sampling.min_clients:
+        outcome.status = "abandoned"
+        outcome.message = (
+            f"only {len(deltas)} of {len(sampled)} sampled client(s) returned an update "
+            f"(sampling.min-clients = {config.sampling.min_clients}); global model unchanged"
+        )
+        log.warning("round %d abandoned: %s", rnd, outcome.message)
+        return outcome
+    t0 = time.perf_counter()
+    outcome.delta = weighted_mean(deltas, counts)
+    outcome.aggregate_seconds = time.perf_counter() - t0
+    return outcome

@@ -1,0 +1,69 @@
+"""ClientApp message handlers: turn Flower messages into calls of :mod:`fedsys.node.update`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedsys.config import RunConfig
+from fedsys.errors import ProtocolError
+from fedsys.node.settings import HolderSettings, holder_settings
+from fedsys.node.update import compute_update
+from fedsys.wire import ARRAYS, CONFIG, METRICS, STATUS, require_arrays, status_record, to_record
+
+log = logging.getLogger("fedsys")
+_ROUND_KEYS = ("server-round", "run-id")
+_LOCAL_SECTIONS = ("budget.", "ledger-dir")
+
+
+def server_config(message: Message) -> tuple[RunConfig, int, str]:
+    """The scenario the server sent (minus anything only the data holder may set)."""
+    if CONFIG not in message.content.config_records:
+        raise ProtocolError("training request lacks its config record")
+    flat = dict(message.content.config_records[CONFIG])
+    try:
+        rnd, run_id = int(flat.pop("server-round")), str(flat.pop("run-id"))  # type: ignore[call-overload]
+    except KeyError as err:
+        raise ProtocolError(f"training request lacks {err}") from err
+    scenario = {k: v for k, v in flat.items() if not k.startswith(_LOCAL_SECTIONS)}
+    return RunConfig.from_mapping(scenario), rnd, run_id
+
+
+def local_settings(
+    context: Context, server: RunConfig, local: Mapping[str, Any]
+) -> tuple[RunConfig, HolderSettings]:
+    """Combine the server's scenario with the data holder's own settings.
+
+    ``local`` holds budget / ledger-dir overrides that a simulation harness passes as the
+    stand-in for every data holder; in deployment it is empty and the node config rules.
+    """
+    own = {
+        k: v for k, v in {**dict(context.run_config), **dict(local)}.items() if k.startswith(_LOCAL_SECTIONS)
+    }
+    config = server.replace(own) if own else server
+    return config, holder_settings(dict(context.node_config), config)
+
+
+def identify(message: Message, context: Context) -> Message:
+    """Reply with the partition a virtual node plays (simulation only)."""
+    pid = int(str(context.node_config.get("partition-id", -1)))
+    return Message(RecordDict({"identity": ConfigRecord({"partition-id": pid})}), reply_to=message)
+
+
+def train(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
+    """Evaluate and train on local data; reply with the delta or a budget refusal."""
+    server, rnd, run_id = server_config(message)
+    config, settings = local_settings(context, server, local)
+    update = compute_update(
+        config, settings, require_arrays(message, ARRAYS), server_round=rnd, run_id=run_id
+    )
+    metrics = MetricRecord({**update.metrics, "num-examples": update.num_examples})
+    content = RecordDict({METRICS: metrics, STATUS: status_record(update.status, update.reason)})
+    if update.status == "ok":
+        content[ARRAYS] = to_record(update.delta)
+    else:
+        log.warning("round %d: declined: %s", rnd, update.reason)
+    return Message(content, reply_to=message)

@@ -1,0 +1,90 @@
+"""A data holder's own settings: where its data and ledger are, and its privacy budget.
+
+In deployment they come from the SuperNode's ``--node-config``, which only the data holder
+controls; nothing the server sends can change them. In simulation the scenario plays every
+data holder, so the budget comes from the scenario's ``[budget]`` section.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsys.config import BudgetConfig, RunConfig
+from fedsys.errors import ConfigError
+
+NODE_KEYS = {
+    "data-path": str,
+    "label-column": str,
+    "num-classes": int,
+    "max-epsilon": float,
+    "target-delta": float,
+    "budget-policy": str,
+    "ledger-path": str,
+    "device": str,
+}
+_SIMULATION_KEYS = {"partition-id", "num-partitions"}
+
+
+@dataclass(frozen=True)
+class HolderSettings:
+    """Everything a client decides for itself."""
+
+    budget: BudgetConfig
+    ledger_path: Path
+    device: str
+    data_path: Path | None = None
+    label_column: str = "label"
+    num_classes: int = 0
+    partition_id: int | None = None
+    num_partitions: int | None = None
+
+    @property
+    def simulated(self) -> bool:
+        """True for a virtual client of the simulation engine."""
+        return self.partition_id is not None
+
+
+def holder_settings(node_config: Mapping[str, object], run: RunConfig) -> HolderSettings:
+    """Parse a SuperNode's node config (deployment) or a virtual node's (simulation)."""
+    if "partition-id" in node_config:
+        pid, num = int(str(node_config["partition-id"])), int(str(node_config["num-partitions"]))
+        ledger_dir = Path(run.ledger_dir or "runs/ledgers")
+        return HolderSettings(
+            budget=run.budget,
+            ledger_path=ledger_dir / f"client-{pid:05d}.sqlite",
+            device=run.device,
+            partition_id=pid,
+            num_partitions=num,
+        )
+    values = {k: _typed(k, v) for k, v in node_config.items() if k not in _SIMULATION_KEYS}
+    if "data-path" not in values:
+        raise ConfigError("node config lacks data-path (the data holder's own data file)")
+    budget = BudgetConfig(
+        max_epsilon=float(values.get("max-epsilon", math.inf)),  # type: ignore[arg-type]
+        target_delta=float(values.get("target-delta", 1e-5)),  # type: ignore[arg-type]
+        policy=str(values.get("budget-policy", "refuse")),  # type: ignore[arg-type]
+    )
+    if budget.policy not in ("refuse", "truncate"):
+        raise ConfigError(f"node config budget-policy must be refuse or truncate, got {budget.policy!r}")
+    data_path = Path(str(values["data-path"]))
+    return HolderSettings(
+        budget=budget,
+        ledger_path=Path(str(values.get("ledger-path", data_path.with_suffix(".ledger.sqlite")))),
+        device=str(values.get("device", "auto")),
+        data_path=data_path,
+        label_column=str(values.get("label-column", "label")),
+        num_classes=int(values.get("num-classes", 0)),  # type: ignore[call-overload]
+    )
+
+
+def _typed(key: str, value: object) -> object:
+    if key not in NODE_KEYS:
+        raise ConfigError(f"unknown node config key {key!r} (known: {', '.join(sorted(NODE_KEYS))})")
+    kind = NODE_KEYS[key]
+    try:
+        return kind(value)  # type: ignore[operator]
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"node config {key} must be {kind.__name__}, got {value!r}") from err

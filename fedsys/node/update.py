@@ -1,0 +1,180 @@
+"""A client's work for one round: evaluate the global model locally, train, return a delta."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsys.config import RunConfig
+from fedsys.data import ClientData, holder_client_data, simulated_client_data
+from fedsys.errors import BudgetExceededError, ModelError
+from fedsys.models import build_model, load_weights, to_arrays
+from fedsys.node.settings import HolderSettings
+from fedsys.training import evaluate, planned_steps, resolve_device, train_plain
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """A client's answer to a training request."""
+
+    status: str  # "ok" or "budget-exhausted"
+    delta: dict[str, np.ndarray] = field(default_factory=dict)
+    num_examples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+@lru_cache(maxsize=8)
+def _holder_data(path: Path, label_column: str, num_classes: int) -> ClientData:
+    return holder_client_data(path, label_column=label_column, num_classes=num_classes)
+
+
+def local_data(config: RunConfig, settings: HolderSettings) -> ClientData:
+    """The client's own train/test split (its partition in simulation, its file in deployment)."""
+    if settings.simulated:
+        assert settings.partition_id is not None and settings.num_partitions is not None
+        return simulated_client_data(
+            config, partition_id=settings.partition_id, num_partitions=settings.num_partitions
+        )
+    assert settings.data_path is not None
+    return _holder_data(settings.data_path, settings.label_column, settings.num_classes or config.num_classes)
+
+
+def _generator(config: RunConfig, settings: HolderSettings, server_round: int) -> torch.Generator:
+    ident = settings.partition_id if settings.simulated else str(settings.data_path)
+    digest = hashlib.sha256(f"{config.seed}/{ident}/{server_round}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def compute_update(
+    config: RunConfig,
+    settings: HolderSettings,
+    global_arrays: dict[str, np.ndarray],
+    *,
+    server_round: int,
+    run_id: str,
+) -> LocalUpdate:
+    """Evaluate ``global_arrays`` on local test data, train locally, and return the delta.
+
+    Raises:
+        ModelError: the global weights do not fit the local model, or training diverged.
+    """
+    data = local_data(config, settings)
+    device = resolve_device(settings.device if settings.device != "auto" else config.device)
+    model = build_model(config.model, data.train.feature_shape, data.train.num_classes)
+    load_weights(model, global_arrays, source="server")
+    before = evaluate(model, data.test, device=device)
+    metrics = {
+        "eval-loss": before.loss,
+        "eval-accuracy": before.metrics["accuracy"],
+        "eval-examples": float(before.num_examples),
+    }
+    generator = _generator(config, settings, server_round)
+    if config.dp.enabled:
+        try:
+            trained, train_metrics = _train_private(
+                model,
+                data,
+                config,
+                settings,
+                generator,
+                device=device,
+                server_round=server_round,
+                run_id=run_id,
+            )
+        except BudgetExceededError as err:
+            return LocalUpdate(status="budget-exhausted", metrics=metrics, reason=str(err))
+    else:
+        steps = planned_steps(
+            len(data.train),
+            batch_size=config.train.batch_size,
+            local_epochs=config.train.local_epochs,
+            local_steps=config.train.local_steps,
+        )
+        stats = train_plain(
+            model,
+            data.train,
+            lr=config.train.lr,
+            momentum=config.train.momentum,
+            batch_size=config.train.batch_size,
+            steps=steps,
+            proximal_mu=config.train.proximal_mu,
+            device=device,
+            generator=generator,
+        )
+        trained, train_metrics = (
+            to_arrays(model.cpu()),
+            {"train-loss": stats.loss, "steps": float(stats.steps)},
+        )
+    delta = {k: trained[k] - global_arrays[k] for k in global_arrays}
+    for name, value in delta.items():
+        if not np.isfinite(value).all():
+            raise ModelError(
+                f"local training diverged: update {name} contains NaN or infinite values "
+                f"(try a smaller train.lr than {config.train.lr})"
+            )
+    return LocalUpdate(
+        status="ok", delta=delta, num_examples=len(data.train), metrics={**metrics, **train_metrics}
+    )
+
+
+def _train_private(
+    model: torch.nn.Module,
+    data: ClientData,
+    config: RunConfig,
+    settings: HolderSettings,
+    generator: torch.Generator,
+    *,
+    device: torch.device,
+    server_round: int,
+    run_id: str,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    from fedsys.privacy import (
+        DPSettings,
+        LocalBudget,
+        PrivacyLedger,
+        fingerprint_dataset,
+        run_private_round,
+    )
+
+    settings.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger(settings.ledger_path)
+    result = run_private_round(
+        model=model,
+        train_set=data.train.to_torch(),
+        dp=DPSettings(
+            noise_multiplier=config.dp.noise_multiplier,
+            max_grad_norm=config.dp.max_grad_norm,
+            accountant=config.dp.accountant,
+            grad_sample_mode=config.dp.grad_sample_mode,
+        ),
+        budget=LocalBudget(
+            max_epsilon=settings.budget.max_epsilon,
+            target_delta=settings.budget.target_delta,
+            policy=settings.budget.policy,
+        ),
+        ledger=ledger,
+        fingerprint=fingerprint_dataset(data.train.x, data.train.y),
+        run_id=run_id,
+        server_round=server_round,
+        lr=config.train.lr,
+        momentum=config.train.momentum,
+        batch_size=config.train.batch_size,
+        local_epochs=config.train.local_epochs if config.train.local_steps == 0 else None,
+        local_steps=config.train.local_steps or None,
+        proximal_mu=config.train.proximal_mu,
+        device=device,
+        generator=generator,
+    )
+    arrays = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in result.state_dict.items()}
+    return arrays, {
+        "train-loss": result.train_loss,
+        "steps": float(result.steps),
+        "epsilon": result.epsilon_after,
+        "truncated": float(result.truncated),
+    }

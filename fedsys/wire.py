@@ -1,0 +1,57 @@
+"""What travels between ServerApp and ClientApp: record keys, statuses and conversions.
+
+Clients send *deltas* (local weights minus the global weights they received), so plaintext
+FedAvg and secure aggregation add up the same quantity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+
+from fedsys.errors import ProtocolError
+
+ARRAYS: Final = "arrays"
+CONFIG: Final = "config"
+METRICS: Final = "metrics"
+STATUS: Final = "status"
+
+STATUS_OK: Final = "ok"
+STATUS_BUDGET: Final = "budget-exhausted"
+
+# ClientApp actions (message type "train.<action>" / "query.<action>")
+ACTION_IDENTIFY: Final = "identify"
+
+
+def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Named NumPy arrays as an ArrayRecord (order kept)."""
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord as named NumPy arrays."""
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def status_of(reply: Message) -> str:
+    """The status a client put in its reply (``ok`` when absent)."""
+    content = reply.content
+    if STATUS in content.config_records:
+        return str(content.config_records[STATUS].get("status", STATUS_OK))
+    return STATUS_OK
+
+
+def status_record(status: str, reason: str = "") -> ConfigRecord:
+    """A reply's status record."""
+    return ConfigRecord({"status": status, "reason": reason})
+
+
+def require_arrays(reply: Message, key: str = ARRAYS) -> dict[str, np.ndarray]:
+    """The named arrays of a reply, or ProtocolError naming the sender."""
+    content = reply.content
+    if key not in content.array_records:
+        raise ProtocolError(f"reply from node {reply.metadata.src_node_id} lacks the {key!r} record")
+    return from_record(content.array_records[key])

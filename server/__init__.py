@@ -1,0 +1,1 @@
+"""Server side: the fedsys ServerApp and the glue that starts a SuperLink."""

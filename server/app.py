@@ -1,0 +1,39 @@
+"""The fedsys ServerApp (wiring only; the round loop lives in :mod:`fedsys.coordinator`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsys.config import RunConfig
+from fedsys.coordinator.loop import Coordinator
+
+
+def make_server_app(
+    config: RunConfig | None = None,
+    *,
+    simulated: bool | None = None,
+    resume: bool = False,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_summary: Callable[[Mapping[str, Any]], None] | None = None,
+) -> ServerApp:
+    """A ServerApp for ``config`` (or, when None, the run config Flower passes in)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = config or RunConfig.from_mapping(dict(context.run_config))
+        run_dir = Path(cfg.out_dir or f"runs/run-{context.run_id}")
+        is_sim = simulated if simulated is not None else cfg.dataset != "node"
+        summary = Coordinator(grid, cfg, run_dir, simulated=is_sim, on_round=on_round, resume=resume).run()
+        if on_summary is not None:
+            on_summary(summary)
+
+    return server
+
+
+app = make_server_app()
