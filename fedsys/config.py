@@ -167,6 +167,7 @@ class RunConfig:
     feature_shape: str = ""  # deployment: e.g. "30" or "1,8,8"
     out_dir: str = ""
     ledger_dir: str = ""
+    resume_from: str = ""  # a run directory whose checkpoint to continue from
     train: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     dp: DPConfig = field(default_factory=DPConfig)

@@ -27,9 +27,10 @@ def make_server_app(
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config or RunConfig.from_mapping(dict(context.run_config))
-        run_dir = Path(cfg.out_dir or f"runs/run-{context.run_id}")
+        run_dir = Path(cfg.resume_from or cfg.out_dir or f"runs/run-{context.run_id}")
         is_sim = simulated if simulated is not None else cfg.dataset != "node"
-        summary = Coordinator(grid, cfg, run_dir, simulated=is_sim, on_round=on_round, resume=resume).run()
+        again = resume or bool(cfg.resume_from)
+        summary = Coordinator(grid, cfg, run_dir, simulated=is_sim, on_round=on_round, resume=again).run()
         if on_summary is not None:
             on_summary(summary)
 

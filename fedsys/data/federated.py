@@ -131,3 +131,11 @@ def data_signature(config: RunConfig) -> tuple[tuple[int, ...], int]:
     """``(feature_shape, num_classes)`` of the scenario's data, to size the model."""
     data = central_test_data(config)
     return data.feature_shape, data.num_classes
+
+
+def check_scenario_data(config: RunConfig) -> None:
+    """Fail fast, before any process starts, if the scenario's data cannot be loaded or split."""
+    central_test_data(config)
+    last = config.simulation.num_clients - 1
+    for pid in sorted({0, last}):
+        simulated_client_data(config, partition_id=pid, num_partitions=config.simulation.num_clients)

@@ -21,10 +21,10 @@ def make_partitioner(spec: str, *, num_partitions: int, labels: np.ndarray, seed
         PathologicalPartitioner,
     )
 
-    if num_partitions > len(labels):
+    if 2 * num_partitions > len(labels):
         raise DataError(
             f"data set of {len(labels)} training examples is too small for "
-            f"{num_partitions} clients (need at least one example per client)"
+            f"{num_partitions} clients (each client needs at least 2 for a local train/test split)"
         )
     kind, _, arg = spec.partition(":")
     partitioner: IidPartitioner | DirichletPartitioner | PathologicalPartitioner

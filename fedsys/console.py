@@ -1,0 +1,80 @@
+"""Live progress for long runs: a bar over rounds and one table row per finished round."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedsys.config import RunConfig
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec) if isinstance(value, float) else str(value)
+
+
+class RoundDisplay:
+    """Context manager showing a progress bar; call :meth:`update` with each round's record."""
+
+    def __init__(self, console: Console, config: RunConfig) -> None:
+        self.console = console
+        self.config = config
+        self.progress = Progress(
+            TextColumn("[bold]round"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(
+            "starting (Ray start-up takes a few seconds)", total=config.num_rounds
+        )
+
+    def __enter__(self) -> RoundDisplay:
+        mode = []
+        mode.append("DP-SGD" if self.config.dp.enabled else "no DP")
+        mode.append("SecAgg+" if self.config.secagg.enabled else "plaintext aggregation")
+        self.console.print(
+            f"[bold]fedsys[/] {self.config.dataset} / {self.config.model} / "
+            f"{self.config.simulation.num_clients} clients / {', '.join(mode)}"
+        )
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.progress.stop()
+
+    def update(self, record: Mapping[str, Any]) -> None:
+        """Advance the bar and print the round's key numbers."""
+        eps = record.get("epsilon-max")
+        line = (
+            f"round {record['round']:>3}  {record.get('status', 'ok'):<9} acc {_fmt(record.get('accuracy'))}  "
+            f"loss {_fmt(record.get('loss'))}  clients {record.get('clients-succeeded')}/{record.get('clients-sampled')}"
+            f" (failed {record.get('clients-failed')}, declined {record.get('clients-declined')})"
+            f"  eps {_fmt(eps, '.3f')}  {_fmt(record.get('round-seconds'), '.1f')} s"
+        )
+        self.progress.console.print(line, highlight=False)
+        self.progress.update(self.task, advance=1, description=f"acc {_fmt(record.get('accuracy'), '.3f')}")
+
+    def print_summary(self, summary: Mapping[str, Any]) -> None:
+        """A final table of the run's key numbers."""
+        table = Table(title="run summary", show_header=False)
+        for key in (
+            "rounds-completed",
+            "final-accuracy",
+            "final-macro-f1",
+            "final-loss",
+            "epsilon-max",
+            "stop-reason",
+        ):
+            if summary.get(key) not in (None, ""):
+                table.add_row(key, _fmt(summary[key]))
+        self.console.print(table)

@@ -1,0 +1,1 @@
+"""Server side logic: the round loop, sampling, aggregation rounds, checkpoints."""

@@ -1,0 +1,1 @@
+"""Deployment: certificates, node keys, SuperLink / SuperNode processes."""

@@ -1,0 +1,1 @@
+"""Data-holder side logic: local settings, local updates, message handlers."""

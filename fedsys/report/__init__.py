@@ -1,0 +1,1 @@
+"""Reports: plots and tables from run directories; privacy-utility sweeps."""
