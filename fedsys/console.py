@@ -54,12 +54,13 @@ class RoundDisplay:
 
     def update(self, record: Mapping[str, Any]) -> None:
         """Advance the bar and print the round's key numbers."""
-        eps = record.get("epsilon-max")
+        r = record.get
         line = (
-            f"round {record['round']:>3}  {record.get('status', 'ok'):<9} acc {_fmt(record.get('accuracy'))}  "
-            f"loss {_fmt(record.get('loss'))}  clients {record.get('clients-succeeded')}/{record.get('clients-sampled')}"
-            f" (failed {record.get('clients-failed')}, declined {record.get('clients-declined')})"
-            f"  eps {_fmt(eps, '.3f')}  {_fmt(record.get('round-seconds'), '.1f')} s"
+            f"round {r('round'):>3}  {r('status', 'ok'):<9} acc {_fmt(r('accuracy'))}  "
+            f"loss {_fmt(r('loss'))}  "
+            f"clients {r('clients-succeeded')}/{r('clients-sampled')}"
+            f" (failed {r('clients-failed')}, declined {r('clients-declined')})"
+            f"  eps {_fmt(r('epsilon-max'), '.3f')}  {_fmt(r('round-seconds'), '.1f')} s"
         )
         self.progress.console.print(line, highlight=False)
         self.progress.update(self.task, advance=1, description=f"acc {_fmt(record.get('accuracy'), '.3f')}")
