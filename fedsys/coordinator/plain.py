@@ -53,7 +53,10 @@ def plain_round(
     for node, reason in ex.errors.items():
         log.warning("round %d: node %d failed: %s", rnd, node, reason)
     deltas, counts = [], []
-    for node, reply in sorted(ex.replies.items()):
+    # Visit replies in sampling order (stable across runs; Flower's node ids are random),
+    # so floating-point sums, and hence the run, are reproducible.
+    for node in (n for n in sampled if n in ex.replies):
+        reply = ex.replies[node]
         metrics = dict(reply.content.metric_records.get(METRICS, {}))
         if "epsilon" in metrics:
             outcome.epsilons.append(float(metrics["epsilon"]))  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ class RoundOutcome:
             "aggregate-seconds": self.aggregate_seconds,
         }
         if self.train_losses:
-            out["train-loss"] = float(np.mean(self.train_losses))
+            out["train-loss"] = math.fsum(self.train_losses) / len(self.train_losses)
         if self.epsilons:
             out.update(
                 {
