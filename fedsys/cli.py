@@ -7,7 +7,6 @@ shows the traceback instead.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,9 +165,5 @@ def _register_groups() -> None:
 _register_groups()
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app(prog_name="fedsys")
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    app(prog_name="fedsys")

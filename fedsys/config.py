@@ -187,7 +187,8 @@ class RunConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from nested (TOML) or flat dotted (Flower run config) keys."""
-        return _build(cls, _nest(data), prefix="")
+        config: RunConfig = _build(cls, _nest(data), prefix="")
+        return config
 
     @classmethod
     def from_toml(cls, path: Path) -> RunConfig:
@@ -279,7 +280,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} is a section, got {value!r}")
-        return _build(hint, value, prefix=f"{key}.")
+        return _build(hint, value, prefix=f"{key}.")  # type: ignore[arg-type]
     if getattr(hint, "__origin__", None) is Literal:
         allowed = get_args(hint)
         if value not in allowed:

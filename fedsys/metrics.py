@@ -15,7 +15,8 @@ def confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> 
 def per_class_recall(matrix: np.ndarray) -> np.ndarray:
     """Recall of each class (0 where a class has no examples)."""
     support = matrix.sum(axis=1)
-    return np.divide(np.diag(matrix), support, out=np.zeros(len(matrix)), where=support > 0)
+    recall: np.ndarray = np.divide(np.diag(matrix), support, out=np.zeros(len(matrix)), where=support > 0)
+    return recall
 
 
 def macro_f1(matrix: np.ndarray) -> float:
@@ -24,8 +25,8 @@ def macro_f1(matrix: np.ndarray) -> float:
     predicted = matrix.sum(axis=0)
     actual = matrix.sum(axis=1)
     denom = predicted + actual
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())
+    present = denom > 0
+    return float((2 * tp[present] / denom[present]).mean()) if present.any() else 0.0
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

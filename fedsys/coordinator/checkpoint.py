@@ -50,7 +50,8 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **state.weights, **{_STATE_KEY: np.array(json.dumps(doc))})
+            arrays: dict[str, Any] = {**state.weights, _STATE_KEY: np.array(json.dumps(doc))}
+            np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)

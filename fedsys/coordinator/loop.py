@@ -78,7 +78,9 @@ class Coordinator:
             record["round-seconds"] = time.perf_counter() - started
             self._finish_round(
                 record,
-                ServerState(rnd, run_id, weights, rng.bit_generator.state, self.history, sorted(exhausted)),
+                ServerState(
+                    rnd, run_id, weights, dict(rng.bit_generator.state), self.history, sorted(exhausted)
+                ),
             )
         return self._summarise(weights, run_id, stop_reason)
 
@@ -105,7 +107,8 @@ class Coordinator:
             if cfg.secagg.enabled:
                 from fedsys.coordinator.secure import secure_round
 
-                return secure_round(self.grid, cfg, sampled, weights, rnd, run_id)
+                secured: RoundOutcome = secure_round(self.grid, cfg, sampled, weights, rnd, run_id)
+                return secured
             return plain_round(self.grid, cfg, sampled, weights, rnd, run_id)
         except AbortedRoundError as err:
             log.warning("round %d abandoned: %s", rnd, err)

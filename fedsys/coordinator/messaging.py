@@ -39,7 +39,7 @@ def exchange(
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            result.errors[node] = reply.error.reason
+            result.errors[node] = reply.error.reason or f"error code {reply.error.code}"
         else:
             result.replies[node] = reply
     answered = set(result.replies) | set(result.errors)

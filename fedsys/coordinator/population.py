@@ -84,7 +84,7 @@ def discover(grid: Grid, config: RunConfig, *, simulated: bool) -> Population:
         timeout=config.sampling.round_timeout,
     )
     mapping = {
-        str(int(r.content.config_records["identity"]["partition-id"])): node for node, r in ex.replies.items()
+        str(r.content.config_records["identity"]["partition-id"]): node for node, r in ex.replies.items()
     }
     log.info("discovered %d virtual clients in %.1f s", len(mapping), time.perf_counter() - started)
     return Population(mapping)

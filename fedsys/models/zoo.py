@@ -53,7 +53,8 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(32 * min(4, height) * min(4, width), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
+        out: torch.Tensor = self.head(torch.flatten(self.features(x), 1))
+        return out
 
 
 MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {

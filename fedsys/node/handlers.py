@@ -25,7 +25,7 @@ def server_config(message: Message) -> tuple[RunConfig, int, str]:
         raise ProtocolError("training request lacks its config record")
     flat = dict(message.content.config_records[CONFIG])
     try:
-        rnd, run_id = int(flat.pop("server-round")), str(flat.pop("run-id"))  # type: ignore[call-overload]
+        rnd, run_id = int(str(flat.pop("server-round"))), str(flat.pop("run-id"))
     except KeyError as err:
         raise ProtocolError(f"training request lacks {err}") from err
     scenario = {k: v for k, v in flat.items() if not k.startswith(_LOCAL_SECTIONS)}

@@ -63,8 +63,8 @@ def holder_settings(node_config: Mapping[str, object], run: RunConfig) -> Holder
     if "data-path" not in values:
         raise ConfigError("node config lacks data-path (the data holder's own data file)")
     budget = BudgetConfig(
-        max_epsilon=float(values.get("max-epsilon", math.inf)),  # type: ignore[arg-type]
-        target_delta=float(values.get("target-delta", 1e-5)),  # type: ignore[arg-type]
+        max_epsilon=float(str(values.get("max-epsilon", math.inf))),
+        target_delta=float(str(values.get("target-delta", 1e-5))),
         policy=str(values.get("budget-policy", "refuse")),  # type: ignore[arg-type]
     )
     if budget.policy not in ("refuse", "truncate"):
@@ -76,7 +76,7 @@ def holder_settings(node_config: Mapping[str, object], run: RunConfig) -> Holder
         device=str(values.get("device", "auto")),
         data_path=data_path,
         label_column=str(values.get("label-column", "label")),
-        num_classes=int(values.get("num-classes", 0)),  # type: ignore[call-overload]
+        num_classes=int(str(values.get("num-classes", 0))),
     )
 
 
@@ -85,6 +85,6 @@ def _typed(key: str, value: object) -> object:
         raise ConfigError(f"unknown node config key {key!r} (known: {', '.join(sorted(NODE_KEYS))})")
     kind = NODE_KEYS[key]
     try:
-        return kind(value)  # type: ignore[operator]
+        return kind(value)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"node config {key} must be {kind.__name__}, got {value!r}") from err
