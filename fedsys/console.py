@@ -56,11 +56,10 @@ class RoundDisplay:
         """Advance the bar and print the round's key numbers."""
         r = record.get
         line = (
-            f"round {r('round'):>3}  {r('status', 'ok'):<9} acc {_fmt(r('accuracy'))}  "
-            f"loss {_fmt(r('loss'))}  "
-            f"clients {r('clients-succeeded')}/{r('clients-sampled')}"
-            f" (failed {r('clients-failed')}, declined {r('clients-declined')})"
-            f"  eps {_fmt(r('epsilon-max'), '.3f')}  {_fmt(r('round-seconds'), '.1f')} s"
+            f"round {r('round'):>3} {r('status', 'ok'):<9} acc {_fmt(r('accuracy'))} loss {_fmt(r('loss'))} "
+            f"clients {r('clients-succeeded')}/{r('clients-sampled')} fail {r('clients-failed')} "
+            f"decl {r('clients-declined')} eps {_fmt(r('epsilon-max'), '.2f')} "
+            f"{_fmt(r('round-seconds'), '.1f')}s"
         )
         self.progress.console.print(line, highlight=False)
         self.progress.update(self.task, advance=1, description=f"acc {_fmt(record.get('accuracy'), '.3f')}")
