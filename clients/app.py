@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedsys.node import handlers
+from fedsys.node import handlers, secure
 from fedsys.wire import ACTION_IDENTIFY
 
 
@@ -21,11 +21,23 @@ def make_client_app(local: Mapping[str, Any] | None = None) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         return handlers.train(message, context, own)
 
+    for action, handler in secure.HANDLERS.items():
+        client.train(action)(_bind(handler, own))
+
     @client.query(ACTION_IDENTIFY)
     def identify(message: Message, context: Context) -> Message:
         return handlers.identify(message, context)
 
     return client
+
+
+def _bind(
+    handler: Callable[[Message, Context, Mapping[str, Any]], Message], own: Mapping[str, Any]
+) -> Callable[[Message, Context], Message]:
+    def run(message: Message, context: Context) -> Message:
+        return handler(message, context, own)
+
+    return run
 
 
 app = make_client_app()

@@ -116,7 +116,9 @@ class SecAggConfig:
     enabled: bool = True
     clip_range: float = 8.0
     quant_bits: int = 24
-    threshold_fraction: float = 0.0  # 0 = library default (SecAgg+ graph threshold)
+    max_weight: float = 10_000.0  # public bound on a client's example count (weights are capped)
+    degree: int = 0  # neighbours per client; 0 = library default (complete graph up to 20 clients)
+    threshold: int = 0  # Shamir threshold t; 0 = library default (a majority of share holders)
     stage_timeout: float = 600.0
 
     def __post_init__(self) -> None:
@@ -128,11 +130,14 @@ class SecAggConfig:
         )
         _require(8 <= self.quant_bits <= 40, "secagg.quant-bits", self.quant_bits, "must be in [8, 40]")
         _require(
-            0 <= self.threshold_fraction <= 1,
-            "secagg.threshold-fraction",
-            self.threshold_fraction,
-            "must be in [0, 1]",
+            self.max_weight >= 1 and math.isfinite(self.max_weight),
+            "secagg.max-weight",
+            self.max_weight,
+            "must be a finite number >= 1",
         )
+        _require(self.degree >= 0, "secagg.degree", self.degree, "must be >= 0")
+        _require(self.threshold >= 0, "secagg.threshold", self.threshold, "must be >= 0")
+        _require(self.stage_timeout > 0, "secagg.stage-timeout", self.stage_timeout, "must be > 0")
 
 
 @dataclass(frozen=True)

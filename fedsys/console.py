@@ -56,7 +56,7 @@ class RoundDisplay:
         """Advance the bar and print the round's key numbers."""
         r = record.get
         line = (
-            f"round {r('round'):>3} {r('status', 'ok'):<9} acc {_fmt(r('accuracy'))} loss {_fmt(r('loss'))} "
+            f"round {r('round'):>3} {r('status', 'ok')} acc {_fmt(r('accuracy'))} loss {_fmt(r('loss'))} "
             f"clients {r('clients-succeeded')}/{r('clients-sampled')} fail {r('clients-failed')} "
             f"decl {r('clients-declined')} eps {_fmt(r('epsilon-max'), '.2f')} "
             f"{_fmt(r('round-seconds'), '.1f')}s"

@@ -39,3 +39,22 @@ def load_weights(model: nn.Module, arrays: Mapping[str, np.ndarray], *, source: 
     """Check and copy ``arrays`` into ``model``."""
     check_weights(to_arrays(model), arrays, source=source)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+
+
+def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """All arrays as one float64 vector, in the mapping's order."""
+    if not arrays:
+        return np.zeros(0)
+    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays.values()])
+
+
+def unflatten(vector: np.ndarray, like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Split ``vector`` back into arrays shaped (and named) like ``like``, as float32."""
+    sizes = [int(np.prod(a.shape)) for a in like.values()]
+    if sum(sizes) != len(vector):
+        raise ModelError(f"vector of length {len(vector)} does not fit a model of {sum(sizes)} values")
+    out, start = {}, 0
+    for (name, ref), size in zip(like.items(), sizes, strict=True):
+        out[name] = vector[start : start + size].reshape(ref.shape).astype(np.float32)
+        start += size
+    return out

@@ -15,6 +15,16 @@ from fedsys.data import ClientData, holder_client_data, simulated_client_data
 from fedsys.errors import BudgetExceededError, ModelError
 from fedsys.models import build_model, load_weights, to_arrays
 from fedsys.node.settings import HolderSettings
+from fedsys.privacy import (
+    DPSettings,
+    LocalBudget,
+    PrivacyLedger,
+    fingerprint_dataset,
+    plan_steps,
+    run_private_round,
+    sample_rate_for,
+)
+from fedsys.privacy.budget import budget_epsilon, grant_steps
 from fedsys.training import evaluate, planned_steps, resolve_device, train_plain
 
 
@@ -69,6 +79,7 @@ def compute_update(
     model = build_model(config.model, data.train.feature_shape, data.train.num_classes)
     load_weights(model, global_arrays, source="server")
     before = evaluate(model, data.test, device=device)
+    model.train()  # evaluate() leaves eval mode; Opacus refuses a model that is not training
     metrics = {
         "eval-loss": before.loss,
         "eval-accuracy": before.metrics["accuracy"],
@@ -88,7 +99,10 @@ def compute_update(
                 run_id=run_id,
             )
         except BudgetExceededError as err:
-            return LocalUpdate(status="budget-exhausted", metrics=metrics, reason=str(err))
+            _, spent = precheck_budget(config, settings)
+            return LocalUpdate(
+                status="budget-exhausted", metrics={**metrics, "epsilon": spent}, reason=str(err)
+            )
     else:
         steps = planned_steps(
             len(data.train),
@@ -123,6 +137,66 @@ def compute_update(
     )
 
 
+def _dp_settings(config: RunConfig, settings: HolderSettings) -> tuple[DPSettings, LocalBudget]:
+    dp = DPSettings(
+        noise_multiplier=config.dp.noise_multiplier,
+        max_grad_norm=config.dp.max_grad_norm,
+        accountant=config.dp.accountant,
+        grad_sample_mode=config.dp.grad_sample_mode,
+    )
+    budget = LocalBudget(
+        max_epsilon=settings.budget.max_epsilon,
+        target_delta=settings.budget.target_delta,
+        policy=settings.budget.policy,
+    )
+    return dp, budget
+
+
+def _ledger(settings: HolderSettings) -> PrivacyLedger:
+    settings.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    return PrivacyLedger(settings.ledger_path)
+
+
+def _local_epochs_steps(config: RunConfig) -> tuple[int | None, int | None]:
+    if config.train.local_steps:
+        return None, config.train.local_steps
+    return config.train.local_epochs, None
+
+
+def precheck_budget(config: RunConfig, settings: HolderSettings) -> tuple[str, float]:
+    """Would this round's DP-SGD fit the holder's budget? Reads no example, reserves nothing.
+
+    Returns:
+        ``("", epsilon_spent)`` when it fits (possibly truncated), else ``(reason, epsilon_spent)``.
+    """
+    if not config.dp.enabled:
+        return "", 0.0
+    data = local_data(config, settings)
+    dp, budget = _dp_settings(config, settings)
+    epochs, steps = _local_epochs_steps(config)
+    n = len(data.train)
+    planned = plan_steps(
+        num_examples=n, batch_size=config.train.batch_size, local_epochs=epochs, local_steps=steps
+    )
+    ledger = _ledger(settings)
+    try:
+        prior = ledger.history(fingerprint_dataset(data.train.x, data.train.y))
+    finally:
+        ledger.close()
+    spent = budget_epsilon(prior, budget)
+    try:
+        grant_steps(
+            prior,
+            noise_multiplier=dp.noise_multiplier,
+            sample_rate=sample_rate_for(n, config.train.batch_size),
+            steps=planned,
+            budget=budget,
+        )
+    except BudgetExceededError as err:
+        return str(err), spent
+    return "", spent
+
+
 def _train_private(
     model: torch.nn.Module,
     data: ClientData,
@@ -134,43 +208,30 @@ def _train_private(
     server_round: int,
     run_id: str,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    from fedsys.privacy import (
-        DPSettings,
-        LocalBudget,
-        PrivacyLedger,
-        fingerprint_dataset,
-        run_private_round,
-    )
-
-    settings.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-    ledger = PrivacyLedger(settings.ledger_path)
-    result = run_private_round(
-        model=model,
-        train_set=data.train.to_torch(),
-        dp=DPSettings(
-            noise_multiplier=config.dp.noise_multiplier,
-            max_grad_norm=config.dp.max_grad_norm,
-            accountant=config.dp.accountant,
-            grad_sample_mode=config.dp.grad_sample_mode,
-        ),
-        budget=LocalBudget(
-            max_epsilon=settings.budget.max_epsilon,
-            target_delta=settings.budget.target_delta,
-            policy=settings.budget.policy,
-        ),
-        ledger=ledger,
-        fingerprint=fingerprint_dataset(data.train.x, data.train.y),
-        run_id=run_id,
-        server_round=server_round,
-        lr=config.train.lr,
-        momentum=config.train.momentum,
-        batch_size=config.train.batch_size,
-        local_epochs=config.train.local_epochs if config.train.local_steps == 0 else None,
-        local_steps=config.train.local_steps or None,
-        proximal_mu=config.train.proximal_mu,
-        device=device,
-        generator=generator,
-    )
+    dp, budget = _dp_settings(config, settings)
+    epochs, steps = _local_epochs_steps(config)
+    ledger = _ledger(settings)
+    try:
+        result = run_private_round(
+            model=model,
+            train_set=data.train.to_torch(),
+            dp=dp,
+            budget=budget,
+            ledger=ledger,
+            fingerprint=fingerprint_dataset(data.train.x, data.train.y),
+            run_id=run_id,
+            server_round=server_round,
+            lr=config.train.lr,
+            momentum=config.train.momentum,
+            batch_size=config.train.batch_size,
+            local_epochs=epochs,
+            local_steps=steps,
+            proximal_mu=config.train.proximal_mu,
+            device=device,
+            generator=generator,
+        )
+    finally:
+        ledger.close()
     arrays = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in result.state_dict.items()}
     return arrays, {
         "train-loss": result.train_loss,

@@ -1,0 +1,201 @@
+"""A SecAgg+ round on Flower's Message API: four exchanges, and the server learns only the sum.
+
+Stage messages (ClientApp actions ``train.secagg_*``):
+
+1. ``secagg_setup``   round config + SecAgg setup -> public keys, or a budget refusal
+2. ``secagg_share``   peers' public keys -> encrypted Shamir shares for each neighbour
+3. ``secagg_mask``    global weights + shares addressed to the client -> masked delta
+4. ``secagg_unmask``  who survived / dropped -> the shares needed to remove the masks
+
+A node that errors, times out, or sends a malformed reply at any stage counts as dropped.
+The server never accepts a plaintext update in this mode: only masked vectors are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedsys.config import RunConfig
+from fedsys.coordinator.messaging import Exchange, exchange
+from fedsys.coordinator.plain import round_config
+from fedsys.coordinator.round import RoundOutcome
+from fedsys.errors import AbortedRoundError, ProtocolError
+from fedsys.models import flatten, unflatten
+from fedsys.secagg import (
+    AdvertiseKeysReply,
+    MaskedInputReply,
+    RoundContext,
+    SecAggParams,
+    SecAggServer,
+    ShareKeysReply,
+    UnmaskReply,
+)
+from fedsys.wire import ARRAYS, CONFIG, METRICS, STATUS_BUDGET, status_of, to_record
+
+log = logging.getLogger("fedsys")
+
+SECAGG: str = "secagg"
+MASKED: str = "masked"
+ACTIONS = {
+    "setup": "train.secagg_setup",
+    "share": "train.secagg_share",
+    "mask": "train.secagg_mask",
+    "unmask": "train.secagg_unmask",
+}
+_R = TypeVar("_R")
+
+
+def secagg_params(config: RunConfig) -> SecAggParams:
+    """The operator's SecAgg+ parameters from the scenario."""
+    sa = config.secagg
+    return SecAggParams(
+        max_weight=sa.max_weight,
+        clip_range=sa.clip_range,
+        quant_bits=sa.quant_bits,
+        degree=sa.degree or None,
+        threshold=sa.threshold or None,
+        min_survivors=max(config.sampling.min_clients, 2),
+    )
+
+
+def secure_round(
+    grid: Grid, config: RunConfig, sampled: list[int], weights: dict[str, np.ndarray], rnd: int, run_id: str
+) -> RoundOutcome:
+    """Run one SecAgg+ round over ``sampled`` nodes and return the securely averaged delta."""
+    ids = {node: i + 1 for i, node in enumerate(sampled)}
+    nodes = {i: node for node, i in ids.items()}
+    if len(sampled) < 2:
+        return RoundOutcome(
+            sampled=sampled,
+            status="abandoned",
+            message=f"secure aggregation needs at least 2 sampled clients, got {len(sampled)}",
+        )
+    server = SecAggServer(
+        list(nodes),
+        context=RoundContext(run_id=int(run_id, 16), round=rnd),
+        vector_length=len(flatten(weights)),
+        params=secagg_params(config),
+    )
+    outcome = RoundOutcome(sampled=sampled)
+    cfg_record = round_config(config, rnd, run_id)
+    timeout = config.secagg.stage_timeout
+    started = time.perf_counter()
+
+    def send(
+        stage: str, requests: Mapping[int, Any], extra: Mapping[str, Any] | None = None, wait: float = timeout
+    ) -> Exchange:
+        contents = {
+            nodes[u]: RecordDict({SECAGG: ConfigRecord(r.to_record()), **(extra or {})})
+            for u, r in requests.items()
+        }
+        ex = exchange(grid, contents, message_type=ACTIONS[stage], timeout=wait)
+        for node, reason in ex.errors.items():
+            log.warning("round %d, secagg %s: node %d failed: %s", rnd, stage, node, reason)
+        _note_failures(outcome, ex)
+        return ex
+
+    try:
+        _run_stages(server, send, ids, outcome, weights, cfg_record, config)
+    except (AbortedRoundError, ProtocolError) as err:
+        outcome.status, outcome.message = "abandoned", f"secure aggregation aborted, nothing released: {err}"
+        outcome.failed = sorted({n for n in sampled if n not in outcome.declined})
+        log.warning("round %d abandoned: %s", rnd, outcome.message)
+        return outcome
+    outcome.train_seconds = time.perf_counter() - started - outcome.aggregate_seconds
+    return outcome
+
+
+def _run_stages(
+    server: SecAggServer,
+    send: Callable[..., Exchange],
+    ids: Mapping[int, int],
+    outcome: RoundOutcome,
+    weights: dict[str, np.ndarray],
+    cfg_record: ConfigRecord,
+    config: RunConfig,
+) -> None:
+    nodes = {i: node for node, i in ids.items()}
+    ex = send("setup", server.setup_requests(), {CONFIG: cfg_record})
+    for node, reply in ex.replies.items():
+        if status_of(reply) == STATUS_BUDGET:
+            outcome.declined.append(node)
+            _note_epsilon(outcome, reply)
+    keys = _parse(ex, ids, AdvertiseKeysReply.from_record, skip=set(outcome.declined))
+    shares = _parse(send("share", server.receive_keys(keys)), ids, ShareKeysReply.from_record)
+    mask_requests = server.receive_shares(shares)
+    ex = send(
+        "mask",
+        mask_requests,
+        {ARRAYS: to_record(weights), CONFIG: cfg_record},
+        wait=config.sampling.round_timeout,
+    )
+    masked = _parse(ex, ids, _masked_reply, on_reply=lambda r: _note_training(outcome, r))
+    unmasked = _parse(send("unmask", server.receive_masked_inputs(masked)), ids, UnmaskReply.from_record)
+    t0 = time.perf_counter()
+    result = server.receive_unmask(unmasked)
+    outcome.aggregate_seconds = time.perf_counter() - t0
+    outcome.delta = unflatten(result.average, weights)
+    outcome.succeeded = [nodes[u] for u in result.contributors]
+    outcome.failed = sorted({n for n in ids if n not in outcome.succeeded and n not in outcome.declined})
+    outcome.extra = {
+        "secagg-error-bound": result.mean_error_bound,
+        "secagg-survivors": list(result.survivors_per_stage),
+    }
+
+
+def _masked_reply(record: Mapping[str, Any]) -> MaskedInputReply:
+    return MaskedInputReply.from_record(record)
+
+
+def _parse(
+    ex: Exchange,
+    ids: Mapping[int, int],
+    parse: Callable[[Mapping[str, Any]], _R],
+    skip: set[int] | None = None,
+    on_reply: Callable[[Message], None] | None = None,
+) -> dict[int, _R]:
+    """Parse each node's stage reply; a malformed one drops that node (logged), not the round."""
+    parsed: dict[int, _R] = {}
+    for node, reply in ex.replies.items():
+        if skip and node in skip:
+            continue
+        try:
+            record: dict[str, Any] = dict(reply.content.config_records[SECAGG])
+            if MASKED in reply.content.array_records:
+                record["masked-input"] = reply.content.array_records[MASKED]["masked-input"].numpy()
+            parsed[ids[node]] = parse(record)
+        except (KeyError, ProtocolError) as err:
+            log.warning("dropping node %d: malformed secagg reply: %s", node, err)
+            continue
+        if on_reply is not None:
+            on_reply(reply)
+    return parsed
+
+
+def _note_failures(outcome: RoundOutcome, ex: Exchange) -> None:
+    outcome.failed = sorted(set(outcome.failed) | set(ex.failed))
+
+
+def _note_epsilon(outcome: RoundOutcome, reply: Message) -> None:
+    metrics = reply.content.metric_records.get(METRICS)
+    if metrics is not None and "epsilon" in metrics:
+        outcome.epsilons.append(float(str(metrics["epsilon"])))
+
+
+def _note_training(outcome: RoundOutcome, reply: Message) -> None:
+    _note_epsilon(outcome, reply)
+    metrics = reply.content.metric_records.get(METRICS)
+    if metrics is not None and "train-loss" in metrics:
+        outcome.train_losses.append(float(str(metrics["train-loss"])))
+
+
+def masked_record(masked_input: np.ndarray) -> ArrayRecord:
+    """The ArrayRecord that carries a client's masked vector."""
+    return to_record({"masked-input": masked_input})

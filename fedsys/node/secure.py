@@ -1,0 +1,134 @@
+"""The client's side of a SecAgg+ round on Flower's Message API (see :mod:`fedsys.coordinator.secure`).
+
+Between stages the client may be a fresh process (a SuperNode starts one per message), so its
+protocol state -- this round's private keys, self-mask seed and received shares -- lives in the
+node's ``Context.state``, which stays on the data holder's machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedsys.coordinator.secure import MASKED, SECAGG, masked_record
+from fedsys.errors import ProtocolError
+from fedsys.models import flatten
+from fedsys.node.handlers import local_settings, server_config
+from fedsys.node.update import compute_update, precheck_budget
+from fedsys.secagg import (
+    MaskedInputRequest,
+    Record,
+    SecAggClient,
+    SetupRequest,
+    ShareKeysRequest,
+    UnmaskRequest,
+)
+from fedsys.wire import ARRAYS, METRICS, STATUS, STATUS_BUDGET, require_arrays, status_record
+
+log = logging.getLogger("fedsys")
+_STATE = "fedsys.secagg-client"
+
+
+def _request(message: Message) -> dict[str, Any]:
+    if SECAGG not in message.content.config_records:
+        raise ProtocolError(f"secagg message {message.metadata.message_type} lacks its {SECAGG!r} record")
+    return dict(message.content.config_records[SECAGG])
+
+
+def _load(context: Context) -> SecAggClient:
+    if _STATE not in context.state.config_records:
+        raise ProtocolError("secagg stage message without a preceding setup on this node")
+    return SecAggClient.from_record(dict(context.state.config_records[_STATE]))
+
+
+def _save(context: Context, client: SecAggClient) -> None:
+    context.state.config_records[_STATE] = ConfigRecord(client.to_record())  # type: ignore[arg-type]
+
+
+def _reply(message: Message, record: Record, **extra: Any) -> Message:
+    scalars = {k: v for k, v in record.items() if not isinstance(v, np.ndarray)}
+    content = RecordDict({SECAGG: ConfigRecord(scalars), **extra})  # type: ignore[arg-type]
+    return Message(content, reply_to=message)
+
+
+def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
+    """Stages 0-1: check the budget (data-independent), then advertise fresh public keys."""
+    server, _, _ = server_config(message)
+    config, settings = local_settings(context, server, local)
+    reason, spent = precheck_budget(config, settings)
+    if reason:
+        log.warning("declining the secure round: %s", reason)
+        metrics = MetricRecord({"epsilon": spent})
+        content = RecordDict({STATUS: status_record(STATUS_BUDGET, reason), METRICS: metrics})
+        return Message(content, reply_to=message)
+    request = SetupRequest.from_record(_request(message))
+    client = SecAggClient(request.recipient)
+    reply = client.advertise_keys(request)
+    _save(context, client)
+    return _reply(message, reply.to_record())
+
+
+def share(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
+    """Stage 2: Shamir-share this round's secrets among neighbours, sealed per recipient."""
+    client = _load(context)
+    reply = client.share_keys(ShareKeysRequest.from_record(_request(message)))
+    _save(context, client)
+    return _reply(message, reply.to_record())
+
+
+def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
+    """Stage 3: train (DP-SGD inside the local budget), then send only the masked delta."""
+    client = _load(context)
+    request = MaskedInputRequest.from_record(_request(message))
+    server, rnd, run_id = server_config(message)
+    config, settings = local_settings(context, server, local)
+    global_arrays = require_arrays(message, ARRAYS)
+    update = compute_update(config, settings, global_arrays, server_round=rnd, run_id=run_id)
+    if update.status != "ok":  # the budget changed since setup (e.g. another run): drop out
+        raise ProtocolError(f"cannot contribute to the secure round: {update.reason}")
+    weight = float(min(update.num_examples, config.secagg.max_weight))
+    rng = _rounding_rng(config.seed, settings.partition_id, rnd)
+    reply = client.mask_input(request, update=flatten(update.delta), weight=weight, rng=rng)
+    if client.num_clipped:
+        log.warning(
+            "secagg: %d of %d update coordinates were clipped to +-%g (raise secagg.clip-range)",
+            client.num_clipped,
+            reply.masked_input.size - 1,
+            config.secagg.clip_range,
+        )
+    _save(context, client)
+    metrics = MetricRecord(
+        {k: v for k, v in update.metrics.items() if k in ("epsilon", "train-loss", "steps")}
+    )
+    return _reply(message, reply.to_record(), **{MASKED: masked_record(reply.masked_input), METRICS: metrics})
+
+
+def unmask(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
+    """Stage 4: reveal exactly the shares needed to remove masks; then forget the round."""
+    client = _load(context)
+    reply = client.unmask(UnmaskRequest.from_record(_request(message)))
+    del context.state.config_records[_STATE]
+    return _reply(message, reply.to_record())
+
+
+def _rounding_rng(seed: int, partition_id: int | None, rnd: int) -> np.random.Generator:
+    """Stochastic rounding needs unbiased, not secret, randomness: reproducible per virtual
+    client in simulation, fresh from the OS at a real data holder."""
+    if partition_id is None:
+        return np.random.default_rng(secrets.randbits(128))
+    digest = hashlib.sha256(f"round-{seed}/{partition_id}/{rnd}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+HANDLERS: dict[str, Callable[[Message, Context, Mapping[str, Any]], Message]] = {
+    "secagg_setup": setup,
+    "secagg_share": share,
+    "secagg_mask": mask,
+    "secagg_unmask": unmask,
+}
