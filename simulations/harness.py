@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from flwr.clientapp import ClientApp
+
 from clients.app import make_client_app
 from fedsys.config import RunConfig
 from server.app import make_server_app
@@ -48,8 +50,12 @@ def run_scenario(
     resume: bool = False,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     verbose: bool = False,
+    client_app: ClientApp | None = None,
 ) -> Mapping[str, Any]:
-    """Simulate ``config`` and write its results to ``run_dir``; returns the summary."""
+    """Simulate ``config`` and write its results to ``run_dir``; returns the summary.
+
+    ``client_app`` replaces fedsys' ClientApp (tests use it to inject faulty clients).
+    """
     from flwr.simulation import run_simulation
 
     run_dir = run_dir.resolve()
@@ -63,7 +69,7 @@ def run_scenario(
     server = make_server_app(
         config, simulated=True, resume=resume, on_round=on_round, on_summary=summary.update
     )
-    client = make_client_app(local_settings(config))
+    client = client_app or make_client_app(local_settings(config))
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     with warnings.catch_warnings():

@@ -1,0 +1,124 @@
+"""Secure aggregation through the real Flower simulation engine, including faulty clients."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsys.config import RunConfig
+from fedsys.node import handlers, secure
+from fedsys.results import read_metrics
+from fedsys.wire import ACTION_IDENTIFY, ARRAYS
+from simulations.harness import local_settings, run_scenario
+
+pytestmark = pytest.mark.integration
+
+
+def _config(**extra):
+    return RunConfig().replace(
+        {
+            "num-rounds": 1,
+            "simulation.num-clients": 10,
+            "sampling.clients-per-round": 10,
+            "sampling.min-clients": 2,
+            "dp.enabled": False,
+            "train.lr": 0.3,
+            "secagg.clip-range": 2.0,
+            "seed": 11,
+            **extra,
+        }
+    )
+
+
+def _weights(run):
+    return {k: v.numpy() for k, v in torch.load(run / "model.pt", weights_only=True).items()}
+
+
+def _faulty_app(config: RunConfig, fault: Callable[[str, int], str | None]) -> ClientApp:
+    """fedsys' own handlers, with ``fault(stage, partition)`` deciding to crash or cheat."""
+    own = local_settings(config)
+    app = ClientApp()
+
+    @app.query(ACTION_IDENTIFY)
+    def identify(message: Message, context: Context) -> Message:
+        return handlers.identify(message, context)
+
+    def wrap(action, handler):
+        def run(message: Message, context: Context) -> Message:
+            what = fault(action, int(context.node_config["partition-id"]))
+            if what == "crash":
+                raise RuntimeError(f"client died during {action}")
+            if what == "plaintext":  # a cheating client sends its update in the clear
+                return Message(RecordDict({ARRAYS: message.content.array_records[ARRAYS]}), reply_to=message)
+            return handler(message, context, own)
+
+        return run
+
+    for action, handler in secure.HANDLERS.items():
+        app.train(action)(wrap(action, handler))
+    return app
+
+
+def test_secure_aggregate_equals_plaintext_fedavg_within_the_quantisation_bound(tmp_path):
+    run_scenario(_config(**{"secagg.enabled": False}), tmp_path / "plain")
+    run_scenario(_config(), tmp_path / "secure")
+
+    record = read_metrics(tmp_path / "secure")[0]
+    plain, secure_w = _weights(tmp_path / "plain"), _weights(tmp_path / "secure")
+    worst = max(float(np.max(np.abs(plain[k] - secure_w[k]))) for k in plain)
+    assert record["clients-succeeded"] == 10 and record["status"] == "ok"
+    assert 0 < worst <= record["secagg-error-bound"] + 1e-6  # float32 storage of the weights
+
+
+@pytest.mark.parametrize("stage", ["secagg_share", "secagg_mask", "secagg_unmask"])
+def test_clients_dying_at_a_stage_still_give_an_aggregate(tmp_path, stage):
+    config = _config(**{"simulation.num-clients": 5, "sampling.clients-per-round": 5})
+    app = _faulty_app(config, lambda action, pid: "crash" if action == stage and pid in (1, 3) else None)
+
+    run_scenario(config, tmp_path / "run", client_app=app)
+
+    record = read_metrics(tmp_path / "run")[0]
+    assert record["status"] == "ok"
+    assert record["clients-failed"] == (2 if stage != "secagg_unmask" else 0)
+    assert record["clients-succeeded"] == (3 if stage != "secagg_unmask" else 5)
+
+
+def test_below_threshold_the_round_is_abandoned_and_nothing_released(tmp_path):
+    config = _config(**{"simulation.num-clients": 4, "sampling.clients-per-round": 4})
+    app = _faulty_app(config, lambda action, pid: "crash" if action == "secagg_mask" and pid != 0 else None)
+
+    run_scenario(config, tmp_path / "run", client_app=app)
+
+    record = read_metrics(tmp_path / "run")[0]
+    assert record["status"] == "abandoned"
+    assert "nothing released" in record["message"]
+    assert "accuracy" in record  # the unchanged initial model was still evaluated
+
+
+def test_the_server_refuses_a_plaintext_update_in_secure_mode(tmp_path):
+    config = _config(**{"simulation.num-clients": 4, "sampling.clients-per-round": 4})
+    app = _faulty_app(
+        config, lambda action, pid: "plaintext" if action == "secagg_mask" and pid == 2 else None
+    )
+
+    run_scenario(config, tmp_path / "run", client_app=app)
+
+    record = read_metrics(tmp_path / "run")[0]
+    assert record["status"] == "ok"
+    assert record["clients-succeeded"] == 3 and record["clients-failed"] == 1
+
+
+def test_dp_with_secure_aggregation_matches_dp_alone_on_digits(tmp_path):
+    scenario = RunConfig.from_toml(Path(__file__).parents[2] / "simulations" / "digits.toml")
+    scenario = scenario.replace({"num-rounds": 10})
+
+    with_secagg = run_scenario(scenario, tmp_path / "secure")
+    without = run_scenario(scenario.replace({"secagg.enabled": False}), tmp_path / "plain")
+
+    assert with_secagg["final-accuracy"] > 0.6
+    assert abs(with_secagg["final-accuracy"] - without["final-accuracy"]) <= 0.01
+    assert with_secagg["epsilon-max"] == pytest.approx(without["epsilon-max"])
