@@ -76,7 +76,16 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-@app.command()
+SIMULATE_HELP = (
+    "Run a federated simulation with Flower's simulation engine and write a run directory.\n\n"
+    "Precedence: built-in defaults < SCENARIO file < --set KEY=VALUE < explicit flags. "
+    "The run directory holds config.toml (the resolved scenario), metrics.jsonl (one line per round), "
+    "model.pt (final global weights), summary.json, checkpoint.npz and each simulated client's "
+    "privacy ledger under ledgers/."
+)
+
+
+@app.command(help=SIMULATE_HELP)
 def simulate(
     scenario: Annotated[
         Path | None,
@@ -108,12 +117,6 @@ def simulate(
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
-    """Run a federated simulation with Flower's simulation engine and write a run directory.
-
-    The run directory holds config.toml (the resolved scenario), metrics.jsonl (one line per
-    round), model.pt (final global weights), summary.json, checkpoint.npz and the simulated
-    clients' privacy ledgers.
-    """
     overrides = {
         "simulation.num-clients": num_clients,
         "num-rounds": rounds,
