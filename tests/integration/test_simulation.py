@@ -17,11 +17,18 @@ _TIMING = {"train-seconds", "aggregate-seconds", "eval-seconds", "round-seconds"
 
 
 def _plain(**extra):
-    return RunConfig().replace({
-        "num-rounds": 3, "simulation.num-clients": 6, "sampling.clients-per-round": 4,
-        "sampling.min-clients": 2, "dp.enabled": False, "secagg.enabled": False,
-        "train.lr": 0.5, **extra,
-    })
+    return RunConfig().replace(
+        {
+            "num-rounds": 3,
+            "simulation.num-clients": 6,
+            "sampling.clients-per-round": 4,
+            "sampling.min-clients": 2,
+            "dp.enabled": False,
+            "secagg.enabled": False,
+            "train.lr": 0.5,
+            **extra,
+        }
+    )
 
 
 def _comparable(records):
