@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
-
-import tomllib
 
 from fedsys.errors import ConfigError
 
@@ -103,6 +102,7 @@ class BudgetConfig:
     max_epsilon: float = 8.0
     target_delta: float = 1e-5
     policy: BudgetPolicy = "refuse"
+    accountant: Accountant = "rdp"  # how the holder counts its own spending, whatever the server asks
 
     def __post_init__(self) -> None:
         _require(self.max_epsilon > 0, "budget.max-epsilon", self.max_epsilon, "must be > 0")

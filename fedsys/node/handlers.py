@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from fedsys.config import RunConfig
 from fedsys.errors import ProtocolError
 from fedsys.node.settings import HolderSettings, holder_settings
-from fedsys.node.update import compute_update
+from fedsys.node.update import compute_update, shareable_metrics
 from fedsys.wire import ARRAYS, CONFIG, METRICS, STATUS, require_arrays, status_record, to_record
 
 log = logging.getLogger("fedsys")
@@ -60,7 +60,10 @@ def train(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
     update = compute_update(
         config, settings, require_arrays(message, ARRAYS), server_round=rnd, run_id=run_id
     )
-    metrics = MetricRecord({**update.metrics, "num-examples": update.num_examples})
+    log.info("round %d: local metrics %s", rnd, update.metrics)
+    metrics = MetricRecord(
+        {**shareable_metrics(update, dp_enabled=config.dp.enabled), "num-examples": update.num_examples}
+    )
     content = RecordDict({METRICS: metrics, STATUS: status_record(update.status, update.reason)})
     if update.status == "ok":
         content[ARRAYS] = to_record(update.delta)

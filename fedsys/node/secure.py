@@ -20,7 +20,7 @@ from fedsys.coordinator.secure import MASKED, SECAGG, masked_record
 from fedsys.errors import ProtocolError
 from fedsys.models import flatten
 from fedsys.node.handlers import local_settings, server_config
-from fedsys.node.update import compute_update, precheck_budget
+from fedsys.node.update import compute_update, precheck_budget, shareable_metrics
 from fedsys.secagg import (
     MaskedInputRequest,
     Record,
@@ -103,9 +103,9 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
             config.secagg.clip_range,
         )
     _save(context, client)
-    metrics = MetricRecord(
-        {k: v for k, v in update.metrics.items() if k in ("epsilon", "train-loss", "steps")}
-    )
+    log.info("round %d: local metrics %s", rnd, update.metrics)
+    shared = shareable_metrics(update, dp_enabled=config.dp.enabled)
+    metrics = MetricRecord({k: v for k, v in shared.items() if not k.startswith("eval-")})
     return _reply(message, reply.to_record(), **{MASKED: masked_record(reply.masked_input), METRICS: metrics})
 
 

@@ -22,6 +22,7 @@ NODE_KEYS = {
     "max-epsilon": float,
     "target-delta": float,
     "budget-policy": str,
+    "budget-accountant": str,
     "ledger-path": str,
     "device": str,
 }
@@ -66,9 +67,12 @@ def holder_settings(node_config: Mapping[str, object], run: RunConfig) -> Holder
         max_epsilon=float(str(values.get("max-epsilon", math.inf))),
         target_delta=float(str(values.get("target-delta", 1e-5))),
         policy=str(values.get("budget-policy", "refuse")),  # type: ignore[arg-type]
+        accountant=str(values.get("budget-accountant", "rdp")),  # type: ignore[arg-type]
     )
     if budget.policy not in ("refuse", "truncate"):
         raise ConfigError(f"node config budget-policy must be refuse or truncate, got {budget.policy!r}")
+    if budget.accountant not in ("rdp", "prv"):
+        raise ConfigError(f"node config budget-accountant must be rdp or prv, got {budget.accountant!r}")
     data_path = Path(str(values["data-path"]))
     return HolderSettings(
         budget=budget,

@@ -39,6 +39,21 @@ class LocalUpdate:
     reason: str = ""
 
 
+_DP_SAFE = ("epsilon", "steps", "truncated")
+
+
+def shareable_metrics(update: LocalUpdate, *, dp_enabled: bool) -> dict[str, float]:
+    """What a client may tell the server besides its update.
+
+    With DP on, only quantities that do not depend on the private examples beyond what the
+    DP accounting covers (epsilon, steps) leave the client: training loss and local test
+    metrics are computed on private data without noise, so they stay local (and are logged).
+    """
+    if not dp_enabled:
+        return dict(update.metrics)
+    return {k: v for k, v in update.metrics.items() if k in _DP_SAFE}
+
+
 @lru_cache(maxsize=8)
 def _holder_data(path: Path, label_column: str, num_classes: int) -> ClientData:
     return holder_client_data(path, label_column=label_column, num_classes=num_classes)
@@ -148,6 +163,7 @@ def _dp_settings(config: RunConfig, settings: HolderSettings) -> tuple[DPSetting
         max_epsilon=settings.budget.max_epsilon,
         target_delta=settings.budget.target_delta,
         policy=settings.budget.policy,
+        accountant=settings.budget.accountant,
     )
     return dp, budget
 

@@ -122,3 +122,6 @@ def test_dp_with_secure_aggregation_matches_dp_alone_on_digits(tmp_path):
     assert with_secagg["final-accuracy"] > 0.6
     assert abs(with_secagg["final-accuracy"] - without["final-accuracy"]) <= 0.01
     assert with_secagg["epsilon-max"] == pytest.approx(without["epsilon-max"])
+    # with DP on, non-private statistics of the clients' data never reach the server
+    for run in ("secure", "plain"):
+        assert not any("train-loss" in r for r in read_metrics(tmp_path / run))
