@@ -75,7 +75,8 @@ def plain_round(
             continue
         deltas.append(delta)
         counts.append(float(metrics.get("num-examples", 0.0)))  # type: ignore[arg-type]
-        outcome.train_losses.append(float(metrics.get("train-loss", float("nan"))))  # type: ignore[arg-type]
+        if "train-loss" in metrics:
+            outcome.train_losses.append(float(metrics["train-loss"]))  # type: ignore[arg-type]
         outcome.succeeded.append(node)
     if len(deltas) < config.sampling.min_clients:
         outcome.status = "abandoned"
