@@ -1,0 +1,181 @@
+"""The report itself: key numbers per run, PNG plots, report.md embedding them, report.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsys.report import plots
+from fedsys.report.runs import RunData
+
+REPORT_FILE = "report.md"
+NUMBERS_FILE = "report.json"
+PLOTS: dict[str, tuple[str, Callable[[Sequence[RunData], Path], bool]]] = {
+    "accuracy.png": ("Accuracy per round", plots.plot_accuracy),
+    "loss.png": ("Loss per round", plots.plot_loss),
+    "epsilon.png": ("Privacy spent per client", plots.plot_epsilon),
+    "participation.png": ("Participation per round", plots.plot_participation),
+    "privacy-utility.png": ("Privacy-utility trade-off", plots.plot_privacy_utility),
+}
+_UTILITY_COLUMNS = (
+    ("run", "run"),
+    ("data / model", "setup"),
+    ("clients (per round)", "clients"),
+    ("rounds", "rounds"),
+    ("DP-SGD", "dp"),
+    ("SecAgg+", "secagg"),
+    ("budget max ε", "budget-max-epsilon"),
+    ("final accuracy", "final-accuracy"),
+    ("final macro-F1", "final-macro-f1"),
+    ("final loss", "final-loss"),
+    ("final ε (max over clients)", "final-epsilon"),
+)
+_RUNTIME_COLUMNS = (
+    ("run", "run"),
+    ("updates ok / failed / declined", "updates"),
+    ("round 1 (s)", "first-round-seconds"),
+    ("later rounds, median (s)", "median-round-seconds"),
+    ("train / aggregate / eval, median (s)", "time-split"),
+    ("device", "device"),
+    ("CPUs / GPUs per client", "resources"),
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Files a report wrote."""
+
+    markdown: Path
+    numbers: Path
+    plots: tuple[Path, ...]
+
+
+def _median(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else None
+
+
+def key_numbers(run: RunData) -> dict[str, Any]:
+    """The numbers of one run that the tables (and report.json) show."""
+    s = run.setting
+    seconds = run.series("round-seconds")
+    totals = [sum(int(r.get(k) or 0) for r in run.records) for k in plots.TOTAL_KEYS]
+    per_round = s("sampling.clients-per-round", 0) or f"{100 * s('sampling.fraction', 1.0):g}%"
+    return {
+        "run": run.name,
+        "path": str(run.path),
+        "setup": f"{s('dataset', '?')} / {s('model', '?')}",
+        "clients": f"{s('simulation.num-clients', '?')} ({per_round})",
+        "rounds": f"{len(run.records)}/{run.summary.get('rounds-planned', s('num-rounds', '?'))}",
+        "private": run.private,
+        "dp": _dp_cell(run),
+        "secagg": "on" if s("secagg.enabled", False) else "off",
+        "budget-max-epsilon": s("budget.max-epsilon") if run.private else None,
+        "target-delta": s("budget.target-delta") if run.private else None,
+        "final-accuracy": run.last("accuracy"),
+        "final-macro-f1": run.last("macro-f1"),
+        "final-loss": run.last("loss"),
+        "final-epsilon": run.final_epsilon() if run.private else None,
+        "epsilon-source": run.epsilon_source,
+        "updates": "{} / {} / {}".format(*totals),
+        "first-round-seconds": seconds[0] if seconds else None,
+        "median-round-seconds": _median(seconds[1:]),
+        "time-split": " / ".join(
+            _fmt(_median(run.series(k)), ".2f")
+            for k in ("train-seconds", "aggregate-seconds", "eval-seconds")
+        ),
+        "device": s("device", "?"),
+        "resources": f"{s('simulation.num-cpus', '?')} / {s('simulation.num-gpus', '?')}",
+    }
+
+
+def _dp_cell(run: RunData) -> str:
+    if not run.private:
+        return "off"
+    return f"σ {_fmt(run.setting('dp.noise-multiplier'))}, C {_fmt(run.setting('dp.max-grad-norm'))}"
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def _cell(key: str, row: dict[str, Any]) -> str:
+    value = row.get(key)
+    if key == "final-accuracy" and isinstance(value, float):
+        return f"{100 * value:.2f}%"
+    if key == "final-epsilon" and value is None and not row.get("private"):
+        return "∞ (no DP)"
+    return _fmt(value).replace("|", "\\|")
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> list[str]:
+    lines = [
+        "| " + " | ".join(title for title, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(key, row) for _, key in columns) + " |" for row in rows]
+    return lines
+
+
+def _notes(runs: Sequence[RunData]) -> list[str]:
+    notes = [
+        "- Accuracy, macro-F1 and loss are the global model's, on the server's central test set, "
+        "after each round's aggregation.",
+        "- ε is each client's cumulative sample-level (ε, δ)-DP spend under its budget's accountant; "
+        '"final ε" is the largest over all clients. A client sampled in fewer rounds spent less.',
+    ]
+    sources = {r.name: r.epsilon_source for r in runs if r.private}
+    if any(src == "ledger" for src in sources.values()):
+        notes.append("- Where clients' ledgers exist, ε is read from them (`PrivacyLedger.summary()`).")
+    if any(src == "metrics" for src in sources.values()):
+        notes.append(
+            "- Runs without ledgers show ε from the round metrics: range over the clients sampled "
+            "in that round only."
+        )
+    notes.append('- Round 1 includes Ray\'s start-up; "later rounds" is the median of rounds 2 onwards.')
+    return notes
+
+
+def write_report(runs: Sequence[RunData], out: Path, *, title: str = "fedsys report") -> Report:
+    """Write plots, ``report.md`` and ``report.json`` for ``runs`` into ``out``.
+
+    Returns:
+        The files written.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    sections = []
+    for filename, (heading, draw) in PLOTS.items():
+        if draw(runs, out / filename):
+            written.append(out / filename)
+            sections += [f"## {heading}", "", f"![{heading}]({filename})", ""]
+    rows = [key_numbers(r) for r in runs]
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(runs)} run(s): " + ", ".join(f"`{r.path}`" for r in runs),
+        "",
+        "## Key numbers",
+        "",
+        *_table(rows, _UTILITY_COLUMNS),
+        "",
+        *_table(rows, _RUNTIME_COLUMNS),
+        "",
+        *_notes(runs),
+        "",
+        *sections,
+    ]
+    markdown = out / REPORT_FILE
+    markdown.write_text("\n".join(lines))
+    numbers = out / NUMBERS_FILE
+    numbers.write_text(json.dumps({"runs": rows, "plots": [p.name for p in written]}, indent=2) + "\n")
+    return Report(markdown=markdown, numbers=numbers, plots=tuple(written))

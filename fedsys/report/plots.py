@@ -1,0 +1,218 @@
+"""PNG plots of one or several runs, drawn with matplotlib's Agg canvas (no pyplot, no display).
+
+Each function writes one file and returns whether it had anything to draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullLocator
+
+from fedsys.report.runs import RunData
+
+MAX_CLIENT_LINES = 20
+MAX_PANELS = 12
+_LABELLED_CLIENTS = 6
+_LOG_SCALE_RATIO = 30.0  # a loss that spans more than this (a diverged run) is drawn on a log axis
+_DPI = 110
+_PARTICIPATION = (
+    ("clients-succeeded", "succeeded", "#2e7d32"),
+    ("clients-failed", "failed", "#c62828"),
+    ("clients-declined", "declined (budget spent)", "#f9a825"),
+)
+TOTAL_KEYS = tuple(key for key, _, _ in _PARTICIPATION)
+
+
+def _figure(width: float = 7.0, height: float = 4.2) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _panels(count: int, title: str) -> tuple[Figure, list[Axes]]:
+    """A grid of up to three panels per row; unused cells are hidden."""
+    cols = min(count, 3)
+    rows = math.ceil(count / cols)
+    fig = _figure(7.0 if cols == 1 else 4.6 * cols, 4.2 if rows == 1 and cols == 1 else 3.6 * rows)
+    grid = fig.subplots(rows, cols, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, axes[:count]
+
+
+def _rounds_axis(ax: Axes) -> None:
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+
+
+def plot_accuracy(runs: Sequence[RunData], path: Path) -> bool:
+    """Central test accuracy (and macro-F1, dashed, for a single run) per round."""
+    runs = [r for r in runs if r.last("accuracy") is not None]
+    if not runs:
+        return False
+    fig = _figure()
+    ax = fig.subplots()
+    for run in runs:
+        (line,) = ax.plot(run.rounds, [100 * v for v in run.series("accuracy")], marker="o", ms=3)
+        line.set_label(run.name if len(runs) > 1 else "accuracy")
+        if len(runs) == 1:
+            ax.plot(run.rounds, [100 * v for v in run.series("macro-f1")], "--", label="macro-F1")
+    title = "Global model on the central test set"
+    epsilon = runs[0].final_epsilon() if len(runs) == 1 and runs[0].private else None
+    if epsilon is not None:
+        title += f" (DP-SGD, final ε = {epsilon:.2f})"
+    ax.set_title(title)
+    ax.set_ylabel("accuracy / macro-F1 (%)" if len(runs) == 1 else "accuracy (%)")
+    ax.set_ylim(0, 100)
+    _rounds_axis(ax)
+    ax.legend(loc="best", fontsize="small")
+    _save(fig, path)
+    return True
+
+
+def plot_loss(runs: Sequence[RunData], path: Path) -> bool:
+    """Central test loss per round."""
+    runs = [r for r in runs if r.last("loss") is not None]
+    if not runs:
+        return False
+    fig = _figure()
+    ax = fig.subplots()
+    for run in runs:
+        ax.plot(run.rounds, run.series("loss"), marker="o", ms=3, label=run.name)
+    positive = [v for run in runs for v in run.series("loss") if v > 0]
+    if positive and max(positive) / min(positive) > _LOG_SCALE_RATIO:
+        ax.set_yscale("log")
+    ax.set_title("Global model's loss on the central test set")
+    ax.set_ylabel("cross-entropy loss (nats per example)")
+    _rounds_axis(ax)
+    ax.legend(loc="best", fontsize="small")
+    _save(fig, path)
+    return True
+
+
+def plot_epsilon(runs: Sequence[RunData], path: Path) -> bool:
+    """Each client's cumulative epsilon per round, one panel per private run."""
+    private = [r for r in runs if r.epsilon_source != "none"][:MAX_PANELS]
+    if not private:
+        return False
+    fig, axes = _panels(len(private), "Privacy spent: cumulative ε per client")
+    for ax, run in zip(axes, private, strict=True):
+        if run.clients:
+            _epsilon_from_ledgers(ax, run)
+        else:
+            _epsilon_from_metrics(ax, run)
+        budget = run.setting("budget.max-epsilon")
+        if isinstance(budget, (int, float)) and math.isfinite(budget):
+            ax.axhline(budget, color="#c62828", ls="--", lw=1, label=f"budget max ε = {budget:g}")
+        delta = run.setting("budget.target-delta")
+        ax.set_ylabel(f"ε (δ = {delta:g})" if isinstance(delta, (int, float)) else "ε")
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(0, max(run.rounds, default=1))
+        _rounds_axis(ax)
+        ax.legend(loc="upper left", fontsize="x-small")
+    _save(fig, path)
+    return True
+
+
+def _epsilon_from_ledgers(ax: Axes, run: RunData) -> None:
+    xs = [0, *run.rounds]
+    clients = sorted(run.clients, key=lambda c: c.final, reverse=True)
+    lows = [min(c.epsilons[i] for c in clients) for i in range(len(xs))]
+    highs = [max(c.epsilons[i] for c in clients) for i in range(len(xs))]
+    ax.fill_between(xs, lows, highs, color="#1565c0", alpha=0.12, label="range over clients")
+    shown = clients[:MAX_CLIENT_LINES]
+    for i, client in enumerate(shown):
+        label = (
+            client.client if len(shown) <= _LABELLED_CLIENTS else "one line per client" if i == 0 else None
+        )
+        ax.plot(xs, client.epsilons, lw=1, alpha=0.8, label=label)
+    more = f", {len(shown)} most spent shown" if len(clients) > len(shown) else ""
+    ax.set_title(f"{run.name}: {len(clients)} client ledgers{more}", fontsize="medium")
+
+
+def _epsilon_from_metrics(ax: Axes, run: RunData) -> None:
+    xs = run.rounds
+    ax.fill_between(
+        xs,
+        run.series("epsilon-min"),
+        run.series("epsilon-max"),
+        color="#1565c0",
+        alpha=0.2,
+        label="min-max over sampled clients",
+    )
+    ax.plot(xs, run.series("epsilon-median"), marker="o", ms=3, color="#1565c0", label="median")
+    ax.set_title(f"{run.name}: from round metrics (no ledgers)", fontsize="medium")
+
+
+def plot_participation(runs: Sequence[RunData], path: Path) -> bool:
+    """Stacked bars per round: clients that succeeded, failed or declined."""
+    runs = [r for r in runs if r.records][:MAX_PANELS]
+    if not runs:
+        return False
+    fig, axes = _panels(len(runs), "Participation: sampled clients per round")
+    for ax, run in zip(axes, runs, strict=True):
+        bottom = [0.0] * len(run.records)
+        for key, label, color in _PARTICIPATION:
+            counts = [float(r.get(key) or 0) for r in run.records]
+            ax.bar(run.rounds, counts, bottom=bottom, color=color, label=label, width=0.8)
+            bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+        ax.set_title(run.name, fontsize="medium")
+        ax.set_ylabel("clients")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, max(bottom, default=1) * 1.25 or 1)
+        _rounds_axis(ax)
+        ax.legend(loc="upper right", fontsize="x-small", ncols=3)
+    _save(fig, path)
+    return True
+
+
+def plot_privacy_utility(runs: Sequence[RunData], path: Path) -> bool:
+    """Final accuracy against final epsilon (largest over clients), one point per run."""
+    points = []
+    for run in runs:
+        epsilon, accuracy = run.final_epsilon(), run.last("accuracy")
+        if run.private and epsilon is not None and accuracy is not None:
+            points.append((epsilon, 100 * accuracy, run.name))
+    baselines = [(100 * a, r.name) for r in runs if not r.private and (a := r.last("accuracy")) is not None]
+    if len(points) + len(baselines) < 2 or not points:
+        return False
+    points.sort()
+    fig = _figure()
+    ax = fig.subplots()
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="#1565c0", label="DP-SGD runs")
+    for epsilon, accuracy, name in points:
+        ax.annotate(name, (epsilon, accuracy), textcoords="offset points", xytext=(4, -12), fontsize="small")
+    for i, (accuracy, name) in enumerate(baselines):
+        color = ("#424242", "#6d4c41", "#00695c")[i % 3]
+        ax.axhline(accuracy, ls="--", color=color, label=f"{name} (no DP): {accuracy:.1f}%")
+    low, high = min(p[0] for p in points), max(p[0] for p in points)
+    if high / max(low, 1e-12) > 10:
+        ax.set_xscale("log")
+        ax.set_xlim(low / 1.6, high * 1.6)
+    else:
+        ax.set_xlim(0, high * 1.2 or 1)
+    ax.set_xticks([p[0] for p in points], [f"{p[0]:.3g}" for p in points])
+    ax.xaxis.set_minor_locator(NullLocator())
+    lowest = min([p[1] for p in points] + [b[0] for b in baselines])
+    ax.set_title("Privacy-utility trade-off (final round)")
+    ax.set_xlabel("final ε, largest over clients (δ as configured)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylim(max(0.0, 10 * math.floor(lowest / 10) - 10), 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    _save(fig, path)
+    return True
