@@ -9,9 +9,14 @@ from fedsys.strategy import apply_delta, weighted_mean
 def test_checkpoint_round_trips_weights_rng_and_history(tmp_path):
     rng = np.random.default_rng(5)
     rng.random(3)
-    state = ServerState(round=4, run_id="abc", weights={"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
-                        rng_state=rng.bit_generator.state, history=[{"round": 1, "accuracy": 0.5}],
-                        exhausted=["3"])
+    state = ServerState(
+        round=4,
+        run_id="abc",
+        weights={"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        rng_state=rng.bit_generator.state,
+        history=[{"round": 1, "accuracy": 0.5}],
+        exhausted=["3"],
+    )
 
     save_checkpoint(tmp_path, state)
     loaded = load_checkpoint(tmp_path)

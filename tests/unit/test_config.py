@@ -15,7 +15,9 @@ def test_defaults_turn_on_dp_and_secure_aggregation():
 
 def test_flat_and_nested_keys_build_the_same_config():
     flat = RunConfig.from_mapping({"num-rounds": 4, "dp.noise-multiplier": 1.3, "train.batch-size": 64})
-    nested = RunConfig.from_mapping({"num-rounds": 4, "dp": {"noise-multiplier": 1.3}, "train": {"batch-size": 64}})
+    nested = RunConfig.from_mapping(
+        {"num-rounds": 4, "dp": {"noise-multiplier": 1.3}, "train": {"batch-size": 64}}
+    )
 
     assert flat == nested
     assert RunConfig.from_mapping(flat.to_flat()) == flat

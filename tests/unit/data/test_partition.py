@@ -72,7 +72,9 @@ def test_synthetic_is_per_device_deterministic_and_non_iid():
     assert np.array_equal(a.x, b.x) and a.feature_shape == (60,)
     assert not np.allclose(a.x.mean(axis=0), c.x.mean(axis=0), atol=0.1)
     with pytest.raises(ConfigError, match="must be natural"):
-        simulated_client_data(RunConfig(dataset="synthetic:0.5,0.5", partition="iid"), partition_id=0, num_partitions=2)
+        simulated_client_data(
+            RunConfig(dataset="synthetic:0.5,0.5", partition="iid"), partition_id=0, num_partitions=2
+        )
 
 
 def test_tabular_clients_standardise_on_their_own_training_data():
