@@ -11,8 +11,7 @@ libraries in every worker), so the sum is an upper bound on what the machine use
 
 Reported per population:
 
-- ``identify``: the one-off query that maps every virtual node to its partition before
-  round 1 (the coordinator samples over partitions so that a seed fixes the run).
+- ``start-up``: wall time before round 1 starts (Ray start-up and node registration).
 - ``s/round``: median ``round-seconds`` of rounds 2.. (round 1 carries Ray's start-up).
 - ``updates/s``: successful client updates per second of round time (same rounds).
 - time split (medians, seconds): clients' training (the ClientApp's handler, timed inside
@@ -138,7 +137,6 @@ def timed_client_app(local: dict[str, Any], timing_path: str) -> Any:
     from flwr.clientapp import ClientApp
 
     from fedsys.node import handlers
-    from fedsys.wire import ACTION_IDENTIFY
 
     client = ClientApp()
 
@@ -152,21 +150,7 @@ def timed_client_app(local: dict[str, Any], timing_path: str) -> Any:
             fh.write(json.dumps(line) + "\n")
         return reply
 
-    @client.query(ACTION_IDENTIFY)
-    def identify(message: Message, context: Context) -> Message:
-        return handlers.identify(message, context)
-
     return client
-
-
-class _DiscoveryLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: float | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("discovered") and isinstance(record.args, tuple):
-            self.seconds = float(record.args[1])
 
 
 def run_one(args: argparse.Namespace, num_clients: int, run_dir: Path) -> dict[str, Any]:
@@ -181,16 +165,13 @@ def run_one(args: argparse.Namespace, num_clients: int, run_dir: Path) -> dict[s
     )
     timing = run_dir / "client-times.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
-    discovery = _DiscoveryLog()
-    fedsys_log = logging.getLogger("fedsys")
-    fedsys_log.setLevel(logging.INFO)
-    fedsys_log.addHandler(discovery)
     logging.getLogger("flwr").setLevel(logging.ERROR)
     ends: dict[int, float] = {}
     server = make_server_app(
         config, simulated=True, on_round=lambda r: ends.update({r["round"]: time.time()})
     )
     started = time.perf_counter()
+    began = time.time()
     run_simulation(
         server_app=server,
         client_app=timed_client_app(local_settings(config), str(timing)),
@@ -198,7 +179,7 @@ def run_one(args: argparse.Namespace, num_clients: int, run_dir: Path) -> dict[s
         backend_config=backend_config(config),
     )
     wall = time.perf_counter() - started
-    return summarise(run_dir, timing, ends, wall=wall, identify=discovery.seconds)
+    return summarise(run_dir, timing, ends, wall=wall, began=began)
 
 
 def _union(intervals: list[tuple[float, float]]) -> float:
@@ -211,7 +192,7 @@ def _union(intervals: list[tuple[float, float]]) -> float:
 
 
 def summarise(
-    run_dir: Path, timing: Path, ends: dict[int, float], *, wall: float, identify: float | None
+    run_dir: Path, timing: Path, ends: dict[int, float], *, wall: float, began: float
 ) -> dict[str, Any]:
     """Per-round split from metrics.jsonl and the clients' own timings."""
     from fedsys.results import read_metrics
@@ -241,7 +222,9 @@ def summarise(
                 "idle-seconds": max(0.0, seconds - busy),
             }
         )
-    return {"wall-seconds": wall, "identify-seconds": identify, "rounds": rounds}
+    first = read_metrics(run_dir)[0] if rounds else {}
+    startup = ends.get(1, began) - began - float(first.get("round-seconds", 0.0))
+    return {"wall-seconds": wall, "startup-seconds": startup, "rounds": rounds}
 
 
 # --- parent: run each population in a child and print the table ------------------------------
@@ -284,11 +267,11 @@ def report(num_clients: int, result: dict[str, Any]) -> str:
     later = result["rounds"][1:] or result["rounds"]
     per_round = _median(later, "round-seconds")
     rate = statistics.median(r["updates"] / r["round-seconds"] for r in later)
-    identify = result["identify-seconds"]
+    startup = result["startup-seconds"]
     overhead, idle = _median(later, "overhead-seconds"), _median(later, "idle-seconds")
     cells = [
         f"{num_clients:>7,}",
-        f"{identify if identify is not None else float('nan'):>9.1f}",
+        f"{startup:>9.1f}",
         f"{result['rounds'][0]['round-seconds']:>8.2f}",
         f"{per_round:>8.2f}",
         f"{rate:>9.2f}",
@@ -305,7 +288,7 @@ def report(num_clients: int, result: dict[str, Any]) -> str:
 
 
 HEADER = (
-    "clients  identify  round-1  s/round  updates/s  peak-GB  slowest  clients  aggr   eval   "
+    "clients  start-up  round-1  s/round  updates/s  peak-GB  slowest  clients  aggr   eval   "
     "round-slowest    idle          wall\n"
     "              s        s        s                   RSS     s    sum s     s      s     "
     "s (% of round)   s (%)           s"

@@ -9,7 +9,6 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedsys.node import handlers, secure
-from fedsys.wire import ACTION_IDENTIFY
 
 
 def make_client_app(local: Mapping[str, Any] | None = None) -> ClientApp:
@@ -23,10 +22,6 @@ def make_client_app(local: Mapping[str, Any] | None = None) -> ClientApp:
 
     for action, handler in secure.HANDLERS.items():
         client.train(action)(_bind(handler, own))
-
-    @client.query(ACTION_IDENTIFY)
-    def identify(message: Message, context: Context) -> Message:
-        return handlers.identify(message, context)
 
     return client
 

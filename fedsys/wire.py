@@ -22,9 +22,6 @@ STATUS: Final = "status"
 STATUS_OK: Final = "ok"
 STATUS_BUDGET: Final = "budget-exhausted"
 
-# ClientApp actions (message type "train.<action>" / "query.<action>")
-ACTION_IDENTIFY: Final = "identify"
-
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     """Named NumPy arrays as an ArrayRecord (order kept)."""

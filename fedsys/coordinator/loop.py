@@ -53,6 +53,8 @@ class Coordinator:
         device = resolve_device(cfg.device)
         stop_reason = ""
         for rnd in range(start, cfg.num_rounds + 1):
+            if not self.simulated:  # SuperNodes may join, leave or reconnect between rounds
+                population = discover(self.grid, cfg, simulated=False)
             available = population.available(exhausted)
             if len(available) < cfg.sampling.min_clients:
                 stop_reason = (
@@ -63,9 +65,10 @@ class Coordinator:
                 log.warning(stop_reason)
                 break
             started = time.perf_counter()
-            sampled = population.sample(available, cfg.sampling, rng)
-            outcome = self._train_round(sampled, weights, rnd, run_id)
-            exhausted.update(population.key(n) for n in outcome.declined)
+            assignment = population.sample(available, cfg.sampling, rng)
+            sampled = list(assignment)
+            outcome = self._train_round(assignment, weights, rnd, run_id)
+            exhausted.update(assignment[n] for n in outcome.declined)
             if outcome.delta is not None:
                 weights = apply_delta(weights, outcome.delta)
             t_eval = time.perf_counter()
@@ -100,19 +103,21 @@ class Coordinator:
         return to_arrays(model), rng, secrets.token_hex(8), 1, set()
 
     def _train_round(
-        self, sampled: list[int], weights: dict[str, np.ndarray], rnd: int, run_id: str
+        self, assignment: dict[int, str], weights: dict[str, np.ndarray], rnd: int, run_id: str
     ) -> RoundOutcome:
         cfg = self.config
         try:
             if cfg.secagg.enabled:
                 from fedsys.coordinator.secure import secure_round
 
-                secured: RoundOutcome = secure_round(self.grid, cfg, sampled, weights, rnd, run_id)
+                secured: RoundOutcome = secure_round(
+                    self.grid, cfg, assignment, weights, rnd, run_id, simulated=self.simulated
+                )
                 return secured
-            return plain_round(self.grid, cfg, sampled, weights, rnd, run_id)
+            return plain_round(self.grid, cfg, assignment, weights, rnd, run_id, simulated=self.simulated)
         except AbortedRoundError as err:
             log.warning("round %d abandoned: %s", rnd, err)
-            return RoundOutcome(sampled=sampled, status="abandoned", message=str(err))
+            return RoundOutcome(sampled=list(assignment), status="abandoned", message=str(err))
 
     def _finish_round(self, record: dict[str, Any], state: ServerState) -> None:
         self.history.append(record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, MessageType, RecordDict
@@ -29,23 +30,47 @@ from fedsys.wire import (
 log = logging.getLogger("fedsys")
 
 
-def round_config(config: RunConfig, rnd: int, run_id: str) -> ConfigRecord:
-    """The run config plus round and run id, as sent to clients."""
+def round_config(config: RunConfig, rnd: int, run_id: str, client_key: str | None = None) -> ConfigRecord:
+    """The run config plus round and run id, as sent to clients.
+
+    ``client_key`` is the partition a virtual node plays (simulation only; a real data holder's
+    node ignores it and trains on its own data).
+    """
     shared = {
         k: v for k, v in config.to_flat().items() if not k.startswith(("budget.", "ledger-dir", "out-dir"))
     }
-    return ConfigRecord({**shared, "server-round": rnd, "run-id": run_id})
+    extra = {} if client_key is None else {"partition-id": int(client_key)}
+    return ConfigRecord({**shared, "server-round": rnd, "run-id": run_id, **extra})
+
+
+def round_configs(
+    config: RunConfig, assignment: Mapping[int, str], rnd: int, run_id: str, *, simulated: bool
+) -> dict[int, ConfigRecord]:
+    """Each sampled node's config record (with its partition in simulation)."""
+    if not simulated:
+        shared = round_config(config, rnd, run_id)
+        return {node: shared for node in assignment}
+    return {node: round_config(config, rnd, run_id, key) for node, key in assignment.items()}
 
 
 def plain_round(
-    grid: Grid, config: RunConfig, sampled: list[int], weights: dict[str, np.ndarray], rnd: int, run_id: str
+    grid: Grid,
+    config: RunConfig,
+    assignment: Mapping[int, str],
+    weights: dict[str, np.ndarray],
+    rnd: int,
+    run_id: str,
+    *,
+    simulated: bool,
 ) -> RoundOutcome:
     """Send the global weights, collect deltas, and average them by example count."""
-    content = RecordDict({ARRAYS: to_record(weights), CONFIG: round_config(config, rnd, run_id)})
+    arrays = to_record(weights)
+    configs = round_configs(config, assignment, rnd, run_id, simulated=simulated)
+    sampled = list(assignment)
     started = time.perf_counter()
     ex = exchange(
         grid,
-        {n: content for n in sampled},
+        {n: RecordDict({ARRAYS: arrays, CONFIG: configs[n]}) for n in sampled},
         message_type=MessageType.TRAIN,
         timeout=config.sampling.round_timeout,
     )

@@ -1,8 +1,11 @@
 """Which clients exist and which are sampled each round.
 
-In simulation the server first asks every virtual node which partition it plays, so that
-sampling is over partitions and the same seed gives the same run (Flower's node ids are
-random). In deployment the clients are the connected SuperNodes, keyed by node id.
+In simulation a client *is* a data partition: the server samples partition ids with its seeded
+generator and tells each chosen virtual node which partition to play this round (the node only
+lends its execution slot; Flower's node ids are random, so sampling by node would not be
+reproducible). A partition's data, ledger and training randomness all key on its id, so a seed
+fixes the run, and a client not sampled costs nothing. In deployment the clients are the
+connected SuperNodes, keyed by node id, and each trains only on its own data.
 """
 
 from __future__ import annotations
@@ -12,47 +15,39 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedsys.config import RunConfig, SamplingConfig
-from fedsys.coordinator.messaging import exchange
 from fedsys.errors import AbortedRoundError
-from fedsys.wire import ACTION_IDENTIFY
 
 log = logging.getLogger("fedsys")
 _NODE_WAIT_SECONDS = 120.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Population:
-    """Known clients: a stable key (partition id or node id) per connected node."""
+    """Client keys (partition ids in simulation, node ids in deployment) and connected nodes."""
 
-    node_by_key: dict[str, int]
-
-    def __post_init__(self) -> None:
-        self._key_by_node = {node: key for key, node in self.node_by_key.items()}
-
-    def key(self, node: int) -> str:
-        """The stable key of ``node``."""
-        return self._key_by_node.get(node, str(node))
+    keys: tuple[str, ...]
+    nodes: tuple[int, ...]
+    simulated: bool
 
     def available(self, exhausted: set[str]) -> list[str]:
         """Keys of clients that have not exhausted their budget, in a stable order."""
-        return sorted((k for k in self.node_by_key if k not in exhausted), key=_order)
+        return [k for k in self.keys if k not in exhausted]
 
-    def sample(self, available: list[str], sampling: SamplingConfig, rng: np.random.Generator) -> list[int]:
-        """Node ids of this round's participants (deterministic given ``rng``)."""
+    def sample(
+        self, available: list[str], sampling: SamplingConfig, rng: np.random.Generator
+    ) -> dict[int, str]:
+        """This round's participants as ``{node id: client key}`` (deterministic given ``rng``)."""
         wanted = sampling.clients_per_round or max(
             sampling.min_clients, round(sampling.fraction * len(available))
         )
-        size = min(wanted, len(available))
-        chosen = rng.choice(len(available), size=size, replace=False)
-        return [self.node_by_key[available[i]] for i in sorted(chosen)]
-
-
-def _order(key: str) -> tuple[int, str]:
-    return (int(key), key) if key.isdigit() else (0, key)
+        size = min(wanted, len(available), len(self.nodes))
+        chosen = [available[i] for i in sorted(rng.choice(len(available), size=size, replace=False))]
+        if not self.simulated:
+            return {int(key): key for key in chosen}
+        return dict(zip(self.nodes, chosen, strict=False))
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float = _NODE_WAIT_SECONDS) -> list[int]:
@@ -73,18 +68,7 @@ def discover(grid: Grid, config: RunConfig, *, simulated: bool) -> Population:
     """Find the clients of this run."""
     if not simulated:
         nodes = wait_for_nodes(grid, config.sampling.min_clients)
-        return Population({str(n): n for n in nodes})
+        return Population(keys=tuple(str(n) for n in nodes), nodes=tuple(nodes), simulated=False)
     nodes = wait_for_nodes(grid, config.simulation.num_clients)
-    content = RecordDict({"config": ConfigRecord({"ask": "partition-id"})})
-    started = time.perf_counter()
-    ex = exchange(
-        grid,
-        {n: content for n in nodes},
-        message_type=f"query.{ACTION_IDENTIFY}",
-        timeout=config.sampling.round_timeout,
-    )
-    mapping = {
-        str(r.content.config_records["identity"]["partition-id"]): node for node, r in ex.replies.items()
-    }
-    log.info("discovered %d virtual clients in %.1f s", len(mapping), time.perf_counter() - started)
-    return Population(mapping)
+    keys = tuple(str(pid) for pid in range(config.simulation.num_clients))
+    return Population(keys=keys, nodes=tuple(nodes), simulated=True)

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 
 from fedsys.config import RunConfig
 from fedsys.coordinator.messaging import Exchange, exchange
-from fedsys.coordinator.plain import round_config
+from fedsys.coordinator.plain import round_configs
 from fedsys.coordinator.round import RoundOutcome
 from fedsys.errors import AbortedRoundError, ProtocolError
 from fedsys.models import flatten, unflatten
@@ -66,9 +66,17 @@ def secagg_params(config: RunConfig) -> SecAggParams:
 
 
 def secure_round(
-    grid: Grid, config: RunConfig, sampled: list[int], weights: dict[str, np.ndarray], rnd: int, run_id: str
+    grid: Grid,
+    config: RunConfig,
+    assignment: Mapping[int, str],
+    weights: dict[str, np.ndarray],
+    rnd: int,
+    run_id: str,
+    *,
+    simulated: bool,
 ) -> RoundOutcome:
-    """Run one SecAgg+ round over ``sampled`` nodes and return the securely averaged delta."""
+    """Run one SecAgg+ round over the sampled nodes and return the securely averaged delta."""
+    sampled = list(assignment)
     ids = {node: i + 1 for i, node in enumerate(sampled)}
     nodes = {i: node for node, i in ids.items()}
     if len(sampled) < 2:
@@ -84,17 +92,19 @@ def secure_round(
         params=secagg_params(config),
     )
     outcome = RoundOutcome(sampled=sampled)
-    cfg_record = round_config(config, rnd, run_id)
+    configs = round_configs(config, assignment, rnd, run_id, simulated=simulated)
     timeout = config.secagg.stage_timeout
     started = time.perf_counter()
 
     def send(
         stage: str, requests: Mapping[int, Any], extra: Mapping[str, Any] | None = None, wait: float = timeout
     ) -> Exchange:
-        contents = {
-            nodes[u]: RecordDict({SECAGG: ConfigRecord(r.to_record()), **(extra or {})})
-            for u, r in requests.items()
-        }
+        contents = {}
+        for u, request in requests.items():
+            content = RecordDict({SECAGG: ConfigRecord(request.to_record()), **(extra or {})})
+            if stage in ("setup", "mask"):
+                content[CONFIG] = configs[nodes[u]]
+            contents[nodes[u]] = content
         ex = exchange(grid, contents, message_type=ACTIONS[stage], timeout=wait)
         for node, reason in ex.errors.items():
             log.warning("round %d, secagg %s: node %d failed: %s", rnd, stage, node, reason)
@@ -102,7 +112,7 @@ def secure_round(
         return ex
 
     try:
-        _run_stages(server, send, ids, outcome, weights, cfg_record, config)
+        _run_stages(server, send, ids, outcome, weights, config)
     except (AbortedRoundError, ProtocolError) as err:
         outcome.status, outcome.message = "abandoned", f"secure aggregation aborted, nothing released: {err}"
         outcome.failed = sorted({n for n in sampled if n not in outcome.declined})
@@ -118,11 +128,10 @@ def _run_stages(
     ids: Mapping[int, int],
     outcome: RoundOutcome,
     weights: dict[str, np.ndarray],
-    cfg_record: ConfigRecord,
     config: RunConfig,
 ) -> None:
     nodes = {i: node for node, i in ids.items()}
-    ex = send("setup", server.setup_requests(), {CONFIG: cfg_record})
+    ex = send("setup", server.setup_requests())
     for node, reply in ex.replies.items():
         if status_of(reply) == STATUS_BUDGET:
             outcome.declined.append(node)
@@ -133,7 +142,7 @@ def _run_stages(
     ex = send(
         "mask",
         mask_requests,
-        {ARRAYS: to_record(weights), CONFIG: cfg_record},
+        {ARRAYS: to_record(weights)},
         wait=config.sampling.round_timeout,
     )
     masked = _parse(ex, ids, _masked_reply, on_reply=lambda r: _note_training(outcome, r))

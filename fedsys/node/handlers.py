@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from fedsys.config import RunConfig
 from fedsys.errors import ProtocolError
@@ -26,37 +26,39 @@ def server_config(message: Message) -> tuple[RunConfig, int, str]:
     flat = dict(message.content.config_records[CONFIG])
     try:
         rnd, run_id = int(str(flat.pop("server-round"))), str(flat.pop("run-id"))
+        flat.pop("partition-id", None)
     except KeyError as err:
         raise ProtocolError(f"training request lacks {err}") from err
     scenario = {k: v for k, v in flat.items() if not k.startswith(_LOCAL_SECTIONS)}
     return RunConfig.from_mapping(scenario), rnd, run_id
 
 
+def assigned_partition(message: Message) -> int | None:
+    """The partition the simulation server asked this virtual node to play, if any."""
+    value = message.content.config_records[CONFIG].get("partition-id")
+    return None if value is None else int(str(value))
+
+
 def local_settings(
-    context: Context, server: RunConfig, local: Mapping[str, Any]
+    context: Context, server: RunConfig, local: Mapping[str, Any], message: Message
 ) -> tuple[RunConfig, HolderSettings]:
     """Combine the server's scenario with the data holder's own settings.
 
     ``local`` holds budget / ledger-dir overrides that a simulation harness passes as the
-    stand-in for every data holder; in deployment it is empty and the node config rules.
+    stand-in for every data holder; in deployment it is empty and the node config rules
+    (a real node ignores any partition the server names: it has only its own data).
     """
     own = {
         k: v for k, v in {**dict(context.run_config), **dict(local)}.items() if k.startswith(_LOCAL_SECTIONS)
     }
     config = server.replace(own) if own else server
-    return config, holder_settings(dict(context.node_config), config)
-
-
-def identify(message: Message, context: Context) -> Message:
-    """Reply with the partition a virtual node plays (simulation only)."""
-    pid = int(str(context.node_config.get("partition-id", -1)))
-    return Message(RecordDict({"identity": ConfigRecord({"partition-id": pid})}), reply_to=message)
+    return config, holder_settings(dict(context.node_config), config, partition=assigned_partition(message))
 
 
 def train(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
     """Evaluate and train on local data; reply with the delta or a budget refusal."""
     server, rnd, run_id = server_config(message)
-    config, settings = local_settings(context, server, local)
+    config, settings = local_settings(context, server, local, message)
     update = compute_update(
         config, settings, require_arrays(message, ARRAYS), server_round=rnd, run_id=run_id
     )

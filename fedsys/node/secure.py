@@ -60,7 +60,7 @@ def _reply(message: Message, record: Record, **extra: Any) -> Message:
 def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
     """Stages 0-1: check the budget (data-independent), then advertise fresh public keys."""
     server, _, _ = server_config(message)
-    config, settings = local_settings(context, server, local)
+    config, settings = local_settings(context, server, local, message)
     reason, spent = precheck_budget(config, settings)
     if reason:
         log.warning("declining the secure round: %s", reason)
@@ -87,7 +87,7 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
     client = _load(context)
     request = MaskedInputRequest.from_record(_request(message))
     server, rnd, run_id = server_config(message)
-    config, settings = local_settings(context, server, local)
+    config, settings = local_settings(context, server, local, message)
     global_arrays = require_arrays(message, ARRAYS)
     update = compute_update(config, settings, global_arrays, server_round=rnd, run_id=run_id)
     if update.status != "ok":  # the budget changed since setup (e.g. another run): drop out

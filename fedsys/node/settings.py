@@ -48,10 +48,17 @@ class HolderSettings:
         return self.partition_id is not None
 
 
-def holder_settings(node_config: Mapping[str, object], run: RunConfig) -> HolderSettings:
-    """Parse a SuperNode's node config (deployment) or a virtual node's (simulation)."""
-    if "partition-id" in node_config:
-        pid, num = int(str(node_config["partition-id"])), int(str(node_config["num-partitions"]))
+def holder_settings(
+    node_config: Mapping[str, object], run: RunConfig, *, partition: int | None = None
+) -> HolderSettings:
+    """Parse a SuperNode's node config (deployment) or a virtual node's (simulation).
+
+    ``partition`` is the partition the simulation server assigned for this round; it is
+    honoured only on a virtual node (whose node config has ``num-partitions``).
+    """
+    if "num-partitions" in node_config:
+        pid = partition if partition is not None else int(str(node_config["partition-id"]))
+        num = run.simulation.num_clients if partition is not None else int(str(node_config["num-partitions"]))
         ledger_dir = Path(run.ledger_dir or "runs/ledgers")
         return HolderSettings(
             budget=run.budget,

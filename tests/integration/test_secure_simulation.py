@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsys.config import RunConfig
 from fedsys.node import handlers, secure
 from fedsys.results import read_metrics
-from fedsys.wire import ACTION_IDENTIFY, ARRAYS
+from fedsys.wire import ARRAYS
 from simulations.harness import local_settings, run_scenario
 
 pytestmark = pytest.mark.integration
@@ -43,13 +43,13 @@ def _faulty_app(config: RunConfig, fault: Callable[[str, int], str | None]) -> C
     own = local_settings(config)
     app = ClientApp()
 
-    @app.query(ACTION_IDENTIFY)
-    def identify(message: Message, context: Context) -> Message:
-        return handlers.identify(message, context)
-
     def wrap(action, handler):
         def run(message: Message, context: Context) -> Message:
-            what = fault(action, int(context.node_config["partition-id"]))
+            if action == "secagg_setup":  # remember which partition this node plays this round
+                context.state.config_records["test"] = ConfigRecord(
+                    {"partition": handlers.assigned_partition(message)}
+                )
+            what = fault(action, int(context.state.config_records["test"]["partition"]))
             if what == "crash":
                 raise RuntimeError(f"client died during {action}")
             if what == "plaintext":  # a cheating client sends its update in the clear
