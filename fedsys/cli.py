@@ -106,6 +106,7 @@ def simulate(
         bool | None, typer.Option("--secagg/--no-secagg", help="Secure aggregation on/off.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
+    num_cpus: Annotated[float | None, typer.Option(help="CPU cores per virtual client.")] = None,
     num_gpus: Annotated[
         float | None, typer.Option(help="GPU fraction per virtual client (e.g. 0.25).")
     ] = None,
@@ -129,6 +130,7 @@ def simulate(
         "secagg.enabled": secagg,
         "device": device,
         "simulation.num-gpus": num_gpus,
+        "simulation.num-cpus": num_cpus,
         "simulation.ray-address": ray_address,
     }
 
