@@ -12,7 +12,7 @@ import torch
 
 from fedsys.config import RunConfig
 from fedsys.data import ClientData, holder_client_data, simulated_client_data
-from fedsys.errors import BudgetExceededError, ModelError
+from fedsys.errors import BudgetExceededError, ConfigError, ModelError
 from fedsys.models import build_model, load_weights, to_arrays
 from fedsys.node.settings import HolderSettings
 from fedsys.privacy import (
@@ -61,12 +61,12 @@ def _holder_data(path: Path, label_column: str, num_classes: int) -> ClientData:
 
 def local_data(config: RunConfig, settings: HolderSettings) -> ClientData:
     """The client's own train/test split (its partition in simulation, its file in deployment)."""
-    if settings.simulated:
-        assert settings.partition_id is not None and settings.num_partitions is not None
+    if settings.partition_id is not None and settings.num_partitions is not None:
         return simulated_client_data(
             config, partition_id=settings.partition_id, num_partitions=settings.num_partitions
         )
-    assert settings.data_path is not None
+    if settings.data_path is None:
+        raise ConfigError("this node has neither a data-path nor a simulation partition")
     return _holder_data(settings.data_path, settings.label_column, settings.num_classes or config.num_classes)
 
 
