@@ -110,17 +110,26 @@ def server_start(
     ),
     state: Annotated[Path, _STATE] = Path("fedsys-state"),
     insecure: Annotated[bool, typer.Option(help="No TLS, no node auth: local trials only.")] = False,
+    approve: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="FAB hash of an app this SuperLink may run (repeatable; default: the installed fedsys)."
+        ),
+    ] = None,
 ) -> None:
-    """Run the SuperLink in the foreground (TLS, node authentication, persistent state)."""
+    """Run the SuperLink in the foreground: TLS, node authentication, persistent state, approved apps only."""
     from fedsys.cli import guarded
+    from fedsys.deploy.app import build_app, check_fab_hash
     from fedsys.deploy.server import ServerOptions, start_server
 
-    code = guarded(
-        lambda: start_server(
-            ServerOptions(certs=certs, state=state, address=address, insecure=insecure), _echo
+    def _run() -> int:
+        approved = [check_fab_hash(h) for h in approve] if approve else [build_app().fab_hash]
+        options = ServerOptions(
+            certs=certs, state=state, approved=approved, address=address, insecure=insecure
         )
-    )
-    raise typer.Exit(code)
+        return start_server(options, _echo)
+
+    raise typer.Exit(guarded(_run))
 
 
 @server_app.command("run")

@@ -1,0 +1,187 @@
+"""The data holder's side: a SuperNode plus the app gate, configured only by the data holder.
+
+``fedsys client start`` runs two processes (see :mod:`fedsys.deploy.process`):
+
+- ``flower-supernode`` connects out to the SuperLink over TLS (verifying the server against
+  the federation's CA), authenticates with the node's private key, and carries the data
+  holder's own settings in ``--node-config`` (data path, label column, privacy budget, ledger
+  path): the server never sees or changes them. It runs with ``--isolation process``, so it
+  executes nothing itself, and retries the connection after interruptions (``--max-retries``/
+  ``--max-wait-time`` unset: forever, unless ``--max-wait-time`` is given).
+- the app gate (``python -m clients.node``, :mod:`fedsys.deploy.executor`) takes the tasks
+  from the SuperNode's loopback-only Runtime API and runs the installed fedsys ClientApp for
+  approved FAB hashes only.
+
+A node directory (``--home``) keeps the SuperNode's FLWR_HOME, the gate's shared secret (0600)
+and the log.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import stat
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsys.deploy.certs import write_private
+from fedsys.deploy.process import Sink, Supervisor, executable, flower_env
+from fedsys.deploy.server import parse_address
+from fedsys.errors import ConfigError, DeploymentError
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """``fedsys client start`` options (all of them are the data holder's own)."""
+
+    superlink: str
+    ca_cert: Path | None
+    key: Path | None
+    data: Path
+    label_column: str
+    max_epsilon: float
+    target_delta: float
+    ledger: Path
+    home: Path
+    approved: Sequence[str]
+    num_classes: int = 0
+    budget_policy: str = "refuse"
+    device: str = "auto"
+    runtime_port: int = 0  # 0: pick a free loopback port
+    max_wait_time: float | None = None
+    insecure: bool = False
+
+
+def node_config(options: ClientOptions) -> str:
+    """The ``--node-config`` string (keys of :data:`fedsys.node.settings.NODE_KEYS`)."""
+    values: dict[str, str | int | float] = {
+        "data-path": str(options.data.resolve()),
+        "label-column": options.label_column,
+        "max-epsilon": float(options.max_epsilon),
+        "target-delta": float(options.target_delta),
+        "ledger-path": str(options.ledger.resolve()),
+        "budget-policy": options.budget_policy,
+        "device": options.device,
+    }
+    if options.num_classes:
+        values["num-classes"] = int(options.num_classes)
+    return " ".join(f"{key}={_toml_value(key, value)}" for key, value in values.items())
+
+
+def supernode_argv(options: ClientOptions, *, runtime_port: int, secret_file: Path) -> list[str]:
+    """The ``flower-supernode`` command line."""
+    argv = [executable("flower-supernode"), "--superlink", options.superlink]
+    if options.insecure:
+        argv.append("--insecure")
+    else:
+        argv += [
+            "--root-certificates",
+            str(_required(options.ca_cert, "--ca")),
+            "--auth-supernode-private-key",
+        ]
+        argv.append(str(_required(options.key, "--key")))
+    argv += ["--node-config", node_config(options), "--isolation", "process"]
+    argv += [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(runtime_port),
+        "--superexec-auth-secret-file",
+        str(secret_file),
+    ]
+    if options.max_wait_time is not None:
+        argv += ["--max-wait-time", str(options.max_wait_time)]
+    return argv
+
+
+def gate_argv(approved: Sequence[str], *, runtime_port: int, secret_file: Path) -> list[str]:
+    """The app gate's command line."""
+    argv = [sys.executable, "-m", "clients.node", "--runtime-api-address", f"127.0.0.1:{runtime_port}"]
+    argv += ["--superexec-auth-secret-file", str(secret_file)]
+    for digest in approved:
+        argv += ["--approve", digest]
+    return argv
+
+
+def check_options(options: ClientOptions) -> None:
+    """Fail fast on anything the data holder can fix before connecting.
+
+    Raises:
+        DeploymentError: a certificate or key is missing or the key is readable by others.
+        ConfigError: a budget value is out of range.
+        DataError: the data file cannot be read as a labelled table.
+    """
+    parse_address(options.superlink)
+    if not options.approved:
+        raise DeploymentError("no approved app: pass --approve FAB_HASH")
+    if not 0 < options.target_delta < 1:
+        raise ConfigError(f"--target-delta must be in (0, 1), got {options.target_delta}")
+    if not options.max_epsilon > 0:
+        raise ConfigError(f"--max-epsilon must be > 0, got {options.max_epsilon}")
+    if options.budget_policy not in ("refuse", "truncate"):
+        raise ConfigError(f"--budget-policy must be refuse or truncate, got {options.budget_policy!r}")
+    if not options.insecure:
+        _required_file(_required(options.ca_cert, "--ca"), "CA certificate")
+        key = _required_file(_required(options.key, "--key"), "node key")
+        if stat.S_IMODE(key.stat().st_mode) & 0o077:
+            raise DeploymentError(f"{key} is readable by other users; run `chmod 600 {key}`")
+    from fedsys.data import holder_client_data
+
+    data = holder_client_data(
+        options.data, label_column=options.label_column, num_classes=options.num_classes
+    )
+    if len(data.train) < 2:
+        raise DeploymentError(f"{options.data} holds too few rows to train on")
+    options.ledger.parent.mkdir(parents=True, exist_ok=True)
+
+
+def start_client(options: ClientOptions, sink: Sink) -> int:
+    """Run the SuperNode and the app gate in the foreground until SIGTERM/SIGINT."""
+    check_options(options)
+    home = options.home.resolve()
+    (home / "flwr-home").mkdir(parents=True, exist_ok=True)
+    secret_file = home / "superexec.secret"
+    write_private(secret_file, secrets.token_bytes(32), force=True)  # fresh per start
+    port = options.runtime_port or free_port()
+    env = flower_env(home / "flwr-home")
+    with Supervisor(home / "supernode.log", sink) as supervisor:
+        if options.insecure:
+            supervisor.emit("fedsys", "WARNING: --insecure: the connection to the SuperLink is not encrypted")
+        supervisor.emit("fedsys", f"approved app FAB hashes: {', '.join(options.approved)}")
+        supervisor.start(
+            "supernode", supernode_argv(options, runtime_port=port, secret_file=secret_file), env
+        )
+        supervisor.start("gate", gate_argv(options.approved, runtime_port=port, secret_file=secret_file), env)
+        return supervisor.run_until_exit()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml_value(key: str, value: str | int | float) -> str:
+    if not isinstance(value, str):
+        return repr(value)
+    if any(ch in value for ch in '"\\\n') or not value:
+        raise ConfigError(f"{key} cannot contain quotes, backslashes or newlines, got {value!r}")
+    return f'"{value}"'
+
+
+def _required(path: Path | None, option: str) -> Path:
+    if path is None:
+        raise DeploymentError(f"{option} is required (or --insecure for a local trial)")
+    return path
+
+
+def _required_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise DeploymentError(f"{what} not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise DeploymentError(f"{what} is not readable: {path}")
+    return path

@@ -1,0 +1,198 @@
+"""Deployment end to end: a TLS SuperLink with node auth and three data-holder SuperNodes.
+
+One cluster is shared by the module (starting it costs ~30 s); the tests that break it
+(SuperLink crash, SuperNode crash) run last.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from deploy_support import Cluster, files_containing_marker, scenario, write_holder_csvs
+from sklearn.datasets import load_breast_cancer
+
+from fedsys.coordinator.checkpoint import load_checkpoint
+from fedsys.deploy.app import directory_fab_hash, stage_app
+from fedsys.models import build_model, load_weights
+from fedsys.results import read_metrics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+NODES = ["hospital-a", "hospital-b", "hospital-c"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("deploy")
+    cluster = Cluster(root)
+    # One frozen snapshot of the app: what the server submits and what the nodes approve.
+    cluster.app_hash = stage_app(cluster.app).fab_hash
+    cluster.data = dict(zip(NODES, write_holder_csvs(root), strict=True))
+    cluster.make_certs(NODES)
+    try:
+        # The operator also approves ROGUE, so that the nodes' own refusal can be tested.
+        cluster.start_server(approve=[cluster.app_hash, _rogue_app(root / "rogue", root / "rogue-ran")])
+        for name in NODES:
+            cluster.start_node(name, approve=cluster.app_hash)
+        for proc in cluster.nodes.values():
+            proc.wait_for(r"app gate ready", timeout=120)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def finished_run(cluster: Cluster) -> Callable[[bool], Path]:
+    """Run the 2-round DP scenario once per secagg flag (the result is shared by tests)."""
+    done: dict[bool, Path] = {}
+
+    def get(secagg: bool) -> Path:
+        if secagg not in done:
+            out = cluster.root / f"run-secagg-{secagg}"
+            result = cluster.run(scenario(secagg=secagg), out, app=cluster.app)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "finished:completed" in result.stdout
+            done[secagg] = out
+        return done[secagg]
+
+    return get
+
+
+def _accuracy_and_loss(weights: dict[str, torch.Tensor]) -> tuple[float, float]:
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    torch.manual_seed(7)
+    model = build_model("logreg", (30,), 2)
+    if weights:
+        load_weights(model, {k: v.numpy() for k, v in weights.items()}, source="test")
+    with torch.no_grad():
+        logits = model(torch.tensor(x, dtype=torch.float32))
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y)).item()
+        accuracy = (logits.argmax(1).numpy() == y).mean()
+    return float(accuracy), loss
+
+
+@pytest.mark.parametrize("secagg", [False, True], ids=["plaintext", "secagg"])
+def test_three_data_holders_train_two_dp_rounds(cluster, finished_run, secagg):
+    run = finished_run(secagg)
+
+    records = read_metrics(run)
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(r["status"] == "ok" and r["clients-succeeded"] == 3 for r in records), records
+    assert all(r["epsilon-max"] > 0 for r in records)
+    initial_accuracy, initial_loss = _accuracy_and_loss({})
+    accuracy, loss = _accuracy_and_loss(torch.load(run / "model.pt", weights_only=True))
+    assert loss < initial_loss and accuracy > max(initial_accuracy, 0.8)
+    for name in NODES:
+        with sqlite3.connect(cluster.ledger(name)) as db:
+            rows = db.execute("SELECT run_id, round, steps, epsilon_after, status FROM entries").fetchall()
+        assert any(status == "committed" and eps > 0 and steps > 0 for _, _, steps, eps, status in rows), rows
+    print(
+        f"\n[deploy {'secagg' if secagg else 'plaintext'}] seconds per round:",
+        [round(r["round-seconds"], 1) for r in records],
+    )
+
+
+def test_the_server_never_holds_a_data_holders_records(cluster, finished_run):
+    runs = [finished_run(False)]
+
+    assert files_containing_marker(cluster.state, *runs) == []
+    assert files_containing_marker(cluster.data[NODES[0]])  # the check can see the marker at all
+
+
+def _rogue_app(directory: Path, canary: Path) -> str:
+    """A copy of the app whose ClientApp, if ever imported, touches ``canary``; returns its hash."""
+    stage_app(directory)
+    with (directory / "clients" / "app.py").open("a") as fh:
+        fh.write(f"\nfrom pathlib import Path as _P\n\n_P({str(canary)!r}).touch()\n")
+    return directory_fab_hash(directory)
+
+
+def test_a_run_of_unapproved_code_is_refused_by_every_node(cluster, tmp_path):
+    canary = cluster.root / "rogue-ran"
+    out = tmp_path / "rogue-run"
+
+    result = cluster.run(scenario(secagg=False, rounds=1), out, app=cluster.root / "rogue")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    [record] = read_metrics(out)
+    assert record["status"] == "abandoned" and record["clients-succeeded"] == 0
+    for proc in cluster.nodes.values():
+        assert "NOT approved, refusing it" in proc.text()
+        assert "refused by the data holder" in proc.text()
+    assert not canary.exists()
+
+
+def test_the_superlink_starts_only_server_apps_the_operator_approved(cluster, tmp_path):
+    canary = tmp_path / "server-rogue-ran"
+    _rogue_app(tmp_path / "server-rogue", canary)
+    refusals_before = [p.text().count("NOT approved") for p in cluster.nodes.values()]
+
+    result = cluster.run(scenario(secagg=False, rounds=1), tmp_path / "never", app=tmp_path / "server-rogue")
+
+    assert result.returncode == 2 and "finished:failed" in result.stdout + result.stderr
+    assert cluster.server is not None and "refused by the operator" in cluster.server.text()
+    assert not (tmp_path / "never").exists() and not canary.exists()
+    assert [p.text().count("NOT approved") for p in cluster.nodes.values()] == refusals_before
+
+
+def test_a_crashed_superlink_resumes_the_run_from_its_round_1_checkpoint(cluster, finished_run, tmp_path):
+    reference = finished_run(False)
+    out = tmp_path / "crash-run"
+    run = cluster.start_run(scenario(secagg=False), out, app=cluster.app)
+    try:
+        _wait_for(lambda: (out / "checkpoint.npz").is_file(), timeout=180)
+        before = load_checkpoint(out)
+        assert cluster.server is not None
+        cluster.server.kill(signal.SIGKILL)
+    finally:
+        run.kill(signal.SIGTERM)
+    assert before.round == 1
+
+    after_crash = load_checkpoint(out)
+    assert after_crash.round == 1
+    assert all(np.array_equal(before.weights[k], after_crash.weights[k]) for k in before.weights)
+    cluster.start_server(approve=[cluster.app_hash])  # nodes reconnect by themselves
+    result = cluster.run({}, out, app=cluster.app, resume=True)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = read_metrics(out)
+    assert [r["round"] for r in records] == [1, 2]
+    assert records[0] == before.history[0]
+    resumed = torch.load(out / "model.pt", weights_only=True)
+    expected = torch.load(reference / "model.pt", weights_only=True)
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+
+
+def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(cluster, tmp_path):
+    out = tmp_path / "dropout-run"
+    victim = cluster.nodes[NODES[2]]
+    approved_before = victim.text().count("is approved")
+    run = cluster.start_run(scenario(secagg=False, min_clients=2), out, app=cluster.app)
+    try:
+        victim.wait_for(r"is approved", timeout=180, count=approved_before + 1)
+        victim.kill(signal.SIGKILL)
+        run.popen.wait(timeout=300)
+    finally:
+        run.kill(signal.SIGTERM)
+
+    assert run.popen.returncode == 0, run.tail()
+    records = read_metrics(out)
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(r["status"] == "ok" and r["clients-succeeded"] == 2 for r in records), records
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds-completed"] == 2
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
