@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ def make_server_app(
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
+        if config is None:  # launched by Flower (deployment / flwr run): show round lines in its log
+            _log_rounds()
         cfg = config or RunConfig.from_mapping(dict(context.run_config))
         run_dir = Path(cfg.resume_from or cfg.out_dir or f"runs/run-{context.run_id}")
         is_sim = simulated if simulated is not None else cfg.dataset != "node"
@@ -35,6 +38,15 @@ def make_server_app(
             on_summary(summary)
 
     return server
+
+
+def _log_rounds() -> None:
+    logger = logging.getLogger("fedsys")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s fedsys: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 app = make_server_app()

@@ -1,12 +1,21 @@
-"""Sending one kind of message to many nodes and sorting the replies."""
+"""Sending one kind of message to many nodes and sorting the replies.
+
+Replies are matched to the message they answer (``reply_to_message_id``), not to their
+sender: error replies that the SuperLink writes for an unreachable node carry the SuperLink
+as sender. We poll every 0.2 s rather than Flower's 3 s deployment default, which saves
+about 1.5 s per exchange (four exchanges per SecAgg+ round).
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+
+POLL_SECONDS = 0.2
 
 
 @dataclass
@@ -35,13 +44,25 @@ def exchange(
         Message(content=content, message_type=message_type, dst_node_id=node)
         for node, content in contents.items()
     ]
+    ids = list(grid.push_messages(messages))
+    node_of = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid}
     result = Exchange()
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            result.errors[node] = reply.error.reason or f"error code {reply.error.code}"
-        else:
-            result.replies[node] = reply
-    answered = set(result.replies) | set(result.errors)
-    result.missing = sorted(node for node in contents if node not in answered)
+    pending = set(node_of)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for reply in grid.pull_messages(sorted(pending)):
+            mid = reply.metadata.reply_to_message_id
+            if mid not in pending:
+                continue
+            pending.discard(mid)
+            node = node_of[mid]
+            if reply.has_error():
+                result.errors[node] = reply.error.reason or f"error code {reply.error.code}"
+            else:
+                result.replies[node] = reply
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_SECONDS)
+    pushed = set(node_of.values())
+    result.missing = sorted([node_of[mid] for mid in pending] + [n for n in contents if n not in pushed])
     return result

@@ -23,24 +23,36 @@ WEIGHTS = {"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}
 
 
 class ScriptedGrid:
-    """Answers each message with ``script[node](message)`` (None = no reply)."""
+    """Answers each message with ``script[node](message)`` (None = no reply).
+
+    Like a SuperLink, it marks a reply's sender on its own: a crashed node's error reply
+    comes from the SuperLink (node 1), not from the node.
+    """
 
     def __init__(self, script: dict[int, Callable[[Message], Message | None]]) -> None:
         self.script = script
         self.sent: list[Message] = []
+        self.inbox: dict[str, Message] = {}
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.script)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        self.sent = list(messages)
-        replies = [self.script[m.metadata.dst_node_id](m) for m in self.sent]
-        out = []
-        for message, reply in zip(self.sent, replies, strict=True):
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for i, message in enumerate(messages):
+            self.sent.append(message)
+            mid = f"m{i}"
+            reply = self.script[message.metadata.dst_node_id](message)
             if reply is not None:
-                reply.metadata.__dict__["_src_node_id"] = message.metadata.dst_node_id
-                out.append(reply)
-        return out
+                reply.metadata.__dict__["_reply_to_message_id"] = mid
+                sender = 1 if reply.has_error() else message.metadata.dst_node_id
+                reply.metadata.__dict__["_src_node_id"] = sender
+                self.inbox[mid] = reply
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.inbox.pop(mid) for mid in list(message_ids) if mid in self.inbox]
 
 
 def _update(value: float, examples: int, **arrays: np.ndarray) -> Callable[[Message], Message]:
@@ -80,7 +92,8 @@ def test_weighted_mean_of_good_updates_only():
             5: _declined,
             6: _crashed,
             7: lambda m: None,  # never answers
-        }
+        },
+        **{"sampling.round-timeout": 0.5},
     )
 
     assert np.allclose(outcome.delta["w"], 1.5) and np.allclose(outcome.delta["b"], 1.5)
@@ -93,6 +106,8 @@ def test_weighted_mean_of_good_updates_only():
 
 def test_too_few_good_updates_abandon_the_round_without_a_delta():
     outcome, _ = _run({1: _update(1.0, 5), 2: _crashed, 3: _declined})
+
+    assert outcome.failed == [2]  # counted once, though its error reply came from the SuperLink
 
     assert outcome.status == "abandoned" and outcome.delta is None
     assert "only 1 of 3 sampled client(s) returned an update" in outcome.message
