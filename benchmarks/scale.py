@@ -124,6 +124,7 @@ def scenario(args: argparse.Namespace, num_clients: int) -> Any:
             "train.batch-size": 16,
             "train.local-epochs": args.local_epochs,
             "train.lr": 0.05,
+            "train.momentum": 0.0,
             "dp.enabled": not args.no_dp,
             "budget.max-epsilon": 1e6,
             "secagg.enabled": False,

@@ -102,6 +102,11 @@ def simulate(
     model: Annotated[str | None, typer.Option(help="logreg | mlp | cnn.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for data, sampling and training.")] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Client-side DP-SGD on/off.")] = None,
+    target_epsilon: Annotated[
+        float | None,
+        typer.Option(help="Calibrate each client's noise so the whole run reaches this epsilon."),
+    ] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD noise multiplier.")] = None,
     secagg: Annotated[
         bool | None, typer.Option("--secagg/--no-secagg", help="Secure aggregation on/off.")
     ] = None,
@@ -127,6 +132,8 @@ def simulate(
         "model": model,
         "seed": seed,
         "dp.enabled": dp,
+        "dp.target-epsilon": target_epsilon,
+        "dp.noise-multiplier": noise_multiplier,
         "secagg.enabled": secagg,
         "device": device,
         "simulation.num-gpus": num_gpus,

@@ -34,9 +34,9 @@ class TrainConfig:
     """Local training hyper-parameters sent to clients each round."""
 
     lr: float = 0.1
-    momentum: float = 0.0
+    momentum: float = 0.9
     batch_size: int = 32
-    local_epochs: int = 1
+    local_epochs: int = 3
     local_steps: int = 0  # 0 = use local_epochs
     strategy: StrategyName = "fedavg"
     proximal_mu: float = 0.0
@@ -79,8 +79,17 @@ class DPConfig:
     max_grad_norm: float = 1.0
     accountant: Accountant = "rdp"
     grad_sample_mode: GradSampleMode = "auto"
+    # > 0: each client calibrates its noise once, for the whole run's schedule, from its own
+    # sampling rate, so that num-rounds rounds reach exactly this epsilon (noise-multiplier unused)
+    target_epsilon: float = 0.0
 
     def __post_init__(self) -> None:
+        _require(
+            self.target_epsilon >= 0 and math.isfinite(self.target_epsilon),
+            "dp.target-epsilon",
+            self.target_epsilon,
+            "must be a finite number >= 0 (0 = use dp.noise-multiplier)",
+        )
         _require(
             self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
             "dp.noise-multiplier",
@@ -159,7 +168,7 @@ class SimulationConfig:
 class RunConfig:
     """Everything one federated run needs, validated."""
 
-    num_rounds: int = 5
+    num_rounds: int = 10
     seed: int = 0
     dataset: str = "digits"
     label_column: str = "label"
@@ -230,7 +239,7 @@ class RunConfig:
         """The partition spec with ``auto`` resolved for the data set."""
         if self.partition != "auto":
             return self.partition
-        return "natural" if self.dataset.startswith("synthetic") else "iid"
+        return "natural" if self.dataset.startswith("synthetic") else "dirichlet:0.5"
 
 
 def _require(ok: bool, key: str, value: object, rule: str) -> None:

@@ -42,6 +42,7 @@ class Coordinator:
     on_round: RoundCallback | None = None
     resume: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    epsilon_by_client: dict[str, float] = field(default_factory=dict)  # latest cumulative epsilon
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) all rounds; returns the summary written to summary.json."""
@@ -69,6 +70,7 @@ class Coordinator:
             sampled = list(assignment)
             outcome = self._train_round(assignment, weights, rnd, run_id)
             exhausted.update(assignment[n] for n in outcome.declined)
+            self.epsilon_by_client.update({assignment[n]: eps for n, eps in outcome.epsilons.items()})
             if outcome.delta is not None:
                 weights = apply_delta(weights, outcome.delta)
             t_eval = time.perf_counter()
@@ -82,7 +84,13 @@ class Coordinator:
             self._finish_round(
                 record,
                 ServerState(
-                    rnd, run_id, weights, dict(rng.bit_generator.state), self.history, sorted(exhausted)
+                    rnd,
+                    run_id,
+                    weights,
+                    dict(rng.bit_generator.state),
+                    self.history,
+                    sorted(exhausted),
+                    strategy={"epsilon-by-client": dict(self.epsilon_by_client)},
                 ),
             )
         return self._summarise(weights, run_id, stop_reason)
@@ -95,6 +103,7 @@ class Coordinator:
             state = load_checkpoint(self.run_dir)
             rng.bit_generator.state = state.rng_state
             self.history = state.history
+            self.epsilon_by_client = dict(state.strategy.get("epsilon-by-client", {}))
             results.rewrite_metrics(self.run_dir, self.history)
             log.info("resuming run %s after round %d", state.run_id, state.round)
             return state.weights, rng, state.run_id, state.round + 1, set(state.exhausted)
@@ -139,6 +148,7 @@ class Coordinator:
             "final-accuracy": last.get("accuracy"),
             "final-macro-f1": last.get("macro-f1"),
             "epsilon-max": max((r.get("epsilon-max") or 0.0 for r in self.history), default=0.0),
+            "epsilon-by-client": dict(sorted(self.epsilon_by_client.items())),
             "dp": self.config.dp.enabled,
             "secagg": self.config.secagg.enabled,
             "stop-reason": stop_reason,

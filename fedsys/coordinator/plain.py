@@ -84,7 +84,7 @@ def plain_round(
         reply = ex.replies[node]
         metrics = dict(reply.content.metric_records.get(METRICS, {}))
         if "epsilon" in metrics:
-            outcome.epsilons.append(float(metrics["epsilon"]))  # type: ignore[arg-type]
+            outcome.epsilons[node] = float(metrics["epsilon"])  # type: ignore[arg-type]
         status = status_of(reply)
         if status == STATUS_BUDGET:
             outcome.declined.append(node)

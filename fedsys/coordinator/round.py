@@ -19,7 +19,7 @@ class RoundOutcome:
     failed: list[int] = field(default_factory=list)
     declined: list[int] = field(default_factory=list)
     delta: dict[str, np.ndarray] | None = None
-    epsilons: list[float] = field(default_factory=list)
+    epsilons: dict[int, float] = field(default_factory=dict)  # node id -> its cumulative epsilon
     train_losses: list[float] = field(default_factory=list)
     status: str = "ok"
     message: str = ""
@@ -42,11 +42,12 @@ class RoundOutcome:
         if self.train_losses:
             out["train-loss"] = math.fsum(self.train_losses) / len(self.train_losses)
         if self.epsilons:
+            spent = list(self.epsilons.values())
             out.update(
                 {
-                    "epsilon-min": min(self.epsilons),
-                    "epsilon-median": statistics.median(self.epsilons),
-                    "epsilon-max": max(self.epsilons),
+                    "epsilon-min": min(spent),
+                    "epsilon-median": statistics.median(spent),
+                    "epsilon-max": max(spent),
                 }
             )
         if self.message:

@@ -135,7 +135,7 @@ def _run_stages(
     for node, reply in ex.replies.items():
         if status_of(reply) == STATUS_BUDGET:
             outcome.declined.append(node)
-            _note_epsilon(outcome, reply)
+            _note_epsilon(outcome, node, reply)
     keys = _parse(ex, ids, AdvertiseKeysReply.from_record, skip=set(outcome.declined))
     shares = _parse(send("share", server.receive_keys(keys)), ids, ShareKeysReply.from_record)
     mask_requests = server.receive_shares(shares)
@@ -145,7 +145,7 @@ def _run_stages(
         {ARRAYS: to_record(weights)},
         wait=config.sampling.round_timeout,
     )
-    masked = _parse(ex, ids, _masked_reply, on_reply=lambda r: _note_training(outcome, r))
+    masked = _parse(ex, ids, _masked_reply, on_reply=lambda node, r: _note_training(outcome, node, r))
     unmasked = _parse(send("unmask", server.receive_masked_inputs(masked)), ids, UnmaskReply.from_record)
     t0 = time.perf_counter()
     result = server.receive_unmask(unmasked)
@@ -168,7 +168,7 @@ def _parse(
     ids: Mapping[int, int],
     parse: Callable[[Mapping[str, Any]], _R],
     skip: set[int] | None = None,
-    on_reply: Callable[[Message], None] | None = None,
+    on_reply: Callable[[int, Message], None] | None = None,
 ) -> dict[int, _R]:
     """Parse each node's stage reply; a malformed one drops that node (logged), not the round."""
     parsed: dict[int, _R] = {}
@@ -184,7 +184,7 @@ def _parse(
             log.warning("dropping node %d: malformed secagg reply: %s", node, err)
             continue
         if on_reply is not None:
-            on_reply(reply)
+            on_reply(node, reply)
     return parsed
 
 
@@ -192,14 +192,14 @@ def _note_failures(outcome: RoundOutcome, ex: Exchange) -> None:
     outcome.failed = sorted(set(outcome.failed) | set(ex.failed))
 
 
-def _note_epsilon(outcome: RoundOutcome, reply: Message) -> None:
+def _note_epsilon(outcome: RoundOutcome, node: int, reply: Message) -> None:
     metrics = reply.content.metric_records.get(METRICS)
     if metrics is not None and "epsilon" in metrics:
-        outcome.epsilons.append(float(str(metrics["epsilon"])))
+        outcome.epsilons[node] = float(str(metrics["epsilon"]))
 
 
-def _note_training(outcome: RoundOutcome, reply: Message) -> None:
-    _note_epsilon(outcome, reply)
+def _note_training(outcome: RoundOutcome, node: int, reply: Message) -> None:
+    _note_epsilon(outcome, node, reply)
     metrics = reply.content.metric_records.get(METRICS)
     if metrics is not None and "train-loss" in metrics:
         outcome.train_losses.append(float(str(metrics["train-loss"])))

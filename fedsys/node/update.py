@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsys.config import RunConfig
+from fedsys.config import Accountant, RunConfig
 from fedsys.data import ClientData, holder_client_data, simulated_client_data
 from fedsys.errors import BudgetExceededError, ConfigError, ModelError
 from fedsys.models import build_model, load_weights, to_arrays
@@ -152,9 +152,37 @@ def compute_update(
     )
 
 
-def _dp_settings(config: RunConfig, settings: HolderSettings) -> tuple[DPSettings, LocalBudget]:
+def _noise_multiplier(config: RunConfig, settings: HolderSettings, num_examples: int) -> float:
+    """The scenario's noise multiplier, or one calibrated once for the whole run's schedule."""
+    if config.dp.target_epsilon <= 0:
+        return config.dp.noise_multiplier
+    epochs, steps = _local_epochs_steps(config)
+    per_round = plan_steps(
+        num_examples=num_examples, batch_size=config.train.batch_size, local_epochs=epochs, local_steps=steps
+    )
+    return _calibrated(
+        config.dp.target_epsilon,
+        settings.budget.target_delta,
+        sample_rate_for(num_examples, config.train.batch_size),
+        config.num_rounds * per_round,
+        config.dp.accountant,
+    )
+
+
+@lru_cache(maxsize=64)
+def _calibrated(target: float, delta: float, sample_rate: float, steps: int, accountant: Accountant) -> float:
+    from fedsys.privacy.planning import noise_for_target
+
+    return noise_for_target(
+        target_epsilon=target, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
+    )
+
+
+def _dp_settings(
+    config: RunConfig, settings: HolderSettings, num_examples: int
+) -> tuple[DPSettings, LocalBudget]:
     dp = DPSettings(
-        noise_multiplier=config.dp.noise_multiplier,
+        noise_multiplier=_noise_multiplier(config, settings, num_examples),
         max_grad_norm=config.dp.max_grad_norm,
         accountant=config.dp.accountant,
         grad_sample_mode=config.dp.grad_sample_mode,
@@ -188,9 +216,9 @@ def precheck_budget(config: RunConfig, settings: HolderSettings) -> tuple[str, f
     if not config.dp.enabled:
         return "", 0.0
     data = local_data(config, settings)
-    dp, budget = _dp_settings(config, settings)
-    epochs, steps = _local_epochs_steps(config)
     n = len(data.train)
+    dp, budget = _dp_settings(config, settings, n)
+    epochs, steps = _local_epochs_steps(config)
     planned = plan_steps(
         num_examples=n, batch_size=config.train.batch_size, local_epochs=epochs, local_steps=steps
     )
@@ -224,7 +252,7 @@ def _train_private(
     server_round: int,
     run_id: str,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    dp, budget = _dp_settings(config, settings)
+    dp, budget = _dp_settings(config, settings, len(data.train))
     epochs, steps = _local_epochs_steps(config)
     ledger = _ledger(settings)
     try:

@@ -166,7 +166,7 @@ def scenario(*, secagg: bool, rounds: int = 2, min_clients: int = 3, **extra: ob
         "feature-shape": "30",
         "num-classes": 2,
         "model": "logreg",
-        "train": {"lr": 0.5, "batch-size": 32},
+        "train": {"lr": 0.5, "batch-size": 32, "momentum": 0.0, "local-epochs": 1},
         "dp": {"enabled": True, "noise-multiplier": 1.0, "max-grad-norm": 1.0},
         "secagg": {"enabled": secagg, "stage-timeout": 120.0},
         "sampling": {"min-clients": min_clients, "round-timeout": 120.0},

@@ -24,6 +24,8 @@ def test_a_thousand_virtual_clients_run_two_rounds(tmp_path):
             "sampling.min-clients": 5,
             "train.batch-size": 16,
             "train.lr": 0.05,
+            "train.local-epochs": 1,
+            "train.momentum": 0.0,
             "dp.enabled": False,
             "secagg.enabled": False,
         }

@@ -27,6 +27,8 @@ def _config(**extra):
             "sampling.min-clients": 2,
             "dp.enabled": False,
             "train.lr": 0.3,
+            "train.momentum": 0.0,
+            "train.local-epochs": 1,
             "secagg.clip-range": 2.0,
             "seed": 11,
             **extra,

@@ -1,6 +1,11 @@
 """The real Flower simulation engine (Ray) running fedsys' ServerApp and ClientApp."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +31,8 @@ def _plain(**extra):
             "dp.enabled": False,
             "secagg.enabled": False,
             "train.lr": 0.5,
+            "train.momentum": 0.0,
+            "train.local-epochs": 1,
             **extra,
         }
     )
@@ -75,3 +82,55 @@ def test_a_crashed_run_resumes_to_the_same_result(tmp_path):
     assert resumed["final-accuracy"] == reference["final-accuracy"]
     assert [r["round"] for r in read_metrics(tmp_path / "crash")] == [1, 2, 3]
     assert _comparable(read_metrics(tmp_path / "crash")) == _comparable(read_metrics(tmp_path / "ref"))
+
+
+def test_defaults_reach_90_percent_without_dp(tmp_path):
+    config = RunConfig().replace({"dp.enabled": False, "secagg.enabled": False})
+    assert (config.num_rounds, config.simulation.num_clients, config.resolved_partition()) == (
+        10,
+        10,
+        "dirichlet:0.5",
+    )
+
+    summary = run_scenario(config, tmp_path / "run")
+
+    assert summary["final-accuracy"] >= 0.90
+
+
+def test_flwr_run_drives_the_same_apps(tmp_path):
+    """Flower's own `flwr run .` with the local simulation federation (pyproject's app config)."""
+    repo = Path(__file__).parents[2]
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    out = tmp_path / "run"
+    overrides = f'out-dir="{out}" ledger-dir="{tmp_path / "ledgers"}" num-rounds=2'
+    before = set(_superlinks())
+    try:
+        done = subprocess.run(
+            ["flwr", "run", ".", "--stream", "--run-config", overrides],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        for pid in set(_superlinks()) - before:  # `flwr run` leaves a detached local SuperLink behind
+            os.kill(pid, signal.SIGTERM)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    records = read_metrics(out)
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(r["clients-succeeded"] == 2 for r in records)
+    assert records[-1]["epsilon-max"] > 0  # pyproject's app config keeps DP-SGD and SecAgg+ on
+    assert len(list((tmp_path / "ledgers").glob("*.sqlite"))) == 2
+
+
+def _superlinks() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "flower-superlink"], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in found.stdout.split()]

@@ -60,7 +60,7 @@ def test_scenario_files_in_the_repo_all_load():
 
 def test_partition_auto_resolves_per_dataset():
     assert RunConfig(dataset="synthetic:0.5,0.5").resolved_partition() == "natural"
-    assert RunConfig(dataset="digits").resolved_partition() == "iid"
+    assert RunConfig(dataset="digits").resolved_partition() == "dirichlet:0.5"
 
 
 def test_missing_or_invalid_scenario_file(tmp_path):

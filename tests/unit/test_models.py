@@ -45,3 +45,10 @@ def test_load_then_export_round_trips():
     load_weights(model, arrays)
 
     assert all(np.array_equal(arrays[k], v) for k, v in to_arrays(model).items())
+
+
+@pytest.mark.parametrize(("name", "shape"), [("logreg", (30,)), ("mlp", (1, 8, 8)), ("cnn", (1, 8, 8))])
+def test_models_pass_opacus_module_validator(name, shape):
+    from opacus.validators import ModuleValidator
+
+    assert ModuleValidator.validate(build_model(name, shape, 10), strict=False) == []

@@ -99,7 +99,7 @@ def test_weighted_mean_of_good_updates_only():
     assert np.allclose(outcome.delta["w"], 1.5) and np.allclose(outcome.delta["b"], 1.5)
     assert outcome.succeeded == [1, 2]
     assert sorted(outcome.failed) == [3, 4, 6, 7]
-    assert outcome.declined == [5] and outcome.epsilons == [7.5]
+    assert outcome.declined == [5] and outcome.epsilons == {5: 7.5}
     assert outcome.status == "ok"
     assert all(m.content.config_records["config"]["server-round"] == 1 for m in grid.sent)
 
