@@ -168,9 +168,11 @@ def simulate(
 def _register_groups() -> None:
     """Attach the commands that live beside their subject (deployment, reporting)."""
     from fedsys.deploy import commands as deploy_commands
+    from fedsys.privacy import commands as privacy_commands
     from fedsys.report import commands as report_commands
 
     deploy_commands.register(app)
+    privacy_commands.register(app)
     report_commands.register(app)
 
 

@@ -1,0 +1,223 @@
+"""CLI commands of this subpackage (registered by :mod:`fedsys.cli`): ``privacy plan`` and ``ledger show``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from fedsys.privacy.records import LedgerEntry, LedgerSummary
+    from fedsys.privacy.settings import Accountant
+
+privacy_app = typer.Typer(help="Plan DP-SGD noise for a privacy budget.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Inspect a data holder's privacy ledger.", no_args_is_help=True)
+PLAN_ACCOUNTANTS: tuple[Accountant, ...] = ("rdp", "prv")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach this subpackage's commands to ``app``."""
+    app.add_typer(privacy_app, name="privacy", no_args_is_help=True)
+    app.add_typer(ledger_app, name="ledger", no_args_is_help=True)
+
+
+@privacy_app.command("plan")
+def plan(
+    target_epsilon: Annotated[float, typer.Option(help="Epsilon the whole schedule may spend.")],
+    delta: Annotated[float, typer.Option(help="The delta of the (epsilon, delta) guarantee.")],
+    rounds: Annotated[int, typer.Option(help="Rounds the client is sampled in (worst case: all).")],
+    local_epochs: Annotated[
+        int | None, typer.Option(help="Local epochs per round (default 1 unless --local-steps).")
+    ] = None,
+    local_steps: Annotated[int | None, typer.Option(help="Local DP-SGD steps per round.")] = None,
+    sample_rate: Annotated[float | None, typer.Option(help="Poisson sampling rate q of every step.")] = None,
+    dataset_size: Annotated[
+        int | None, typer.Option(help="Client's training examples N (with --batch-size).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Expected batch size B (with --dataset-size).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Noise multiplier that makes a client's whole schedule end at --target-epsilon.
+
+    steps = rounds x local steps per round. With --dataset-size N --batch-size B the sampling
+    rate is Opacus' 1/ceil(N/B) and one local epoch is ceil(N/B) steps; with --sample-rate q
+    one epoch is 1/q steps. Shows the RDP and PRV accountants side by side, each with the
+    epsilon its multiplier actually reaches (recomputed, never above the target).
+    """
+    from fedsys.cli import guarded
+
+    def _run() -> None:
+        from fedsys.privacy.planning import noise_for_target, resolve_schedule
+
+        schedule = resolve_schedule(
+            rounds=rounds,
+            local_epochs=local_epochs,
+            local_steps=local_steps,
+            sample_rate=sample_rate,
+            dataset_size=dataset_size,
+            batch_size=batch_size,
+        )
+        plans: list[dict[str, Any]] = []
+        for accountant in PLAN_ACCOUNTANTS:
+            sigma = noise_for_target(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=schedule.sample_rate,
+                steps=schedule.steps,
+                accountant=accountant,
+            )
+            epsilon = schedule.epsilon(sigma, target_delta=delta, accountant=accountant)
+            plans.append({"accountant": accountant, "noise_multiplier": sigma, "epsilon": epsilon})
+        result = {
+            "target_epsilon": target_epsilon,
+            "target_delta": delta,
+            "sample_rate": schedule.sample_rate,
+            "rounds": schedule.rounds,
+            "steps_per_round": schedule.steps_per_round,
+            "steps": schedule.steps,
+            "plans": plans,
+        }
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+        else:
+            _print_plan(result)
+
+    guarded(_run)
+
+
+def _print_plan(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from fedsys.cli import stdout
+
+    table = Table(
+        title=(
+            f"ε ≤ {result['target_epsilon']:g} at δ = {result['target_delta']:g}: "
+            f"{result['steps']} steps ({result['rounds']} rounds × {result['steps_per_round']}) "
+            f"at q = {result['sample_rate']:.6g}"
+        )
+    )
+    table.add_column("accountant")
+    table.add_column("noise multiplier", justify="right")
+    table.add_column("resulting ε", justify="right")
+    for row in result["plans"]:
+        table.add_row(row["accountant"], f"{row['noise_multiplier']:.4f}", f"{row['epsilon']:.4f}")
+    stdout.print(table)
+
+
+@ledger_app.command("show")
+def ledger_show(
+    path: Annotated[Path, typer.Argument(help="The client's privacy ledger (SQLite file).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print entries and totals as JSON.")] = False,
+) -> None:
+    """Every entry of a privacy ledger, then the total spend per data fingerprint.
+
+    Totals are evaluated over each data set's whole history with its latest accountant and
+    delta; open reservations count with their planned steps (fail closed).
+    """
+    from fedsys.cli import guarded
+
+    def _run() -> None:
+        entries, totals = read_ledger(path)
+        if as_json:
+            payload = {
+                "ledger": str(path),
+                "entries": [asdict(entry) for entry in entries],
+                "totals": [asdict(total) for total in totals],
+            }
+            typer.echo(json.dumps(payload, indent=2))
+        else:
+            _print_ledger(path, entries, totals)
+
+    guarded(_run)
+
+
+def read_ledger(path: Path) -> tuple[list[LedgerEntry], list[LedgerSummary]]:
+    """All entries of a ledger (per fingerprint, oldest first) and its per-data-set totals.
+
+    Raises:
+        LedgerError: the file is missing, empty, not a ledger or corrupt.
+    """
+    from fedsys.errors import LedgerError
+    from fedsys.privacy.ledger import PrivacyLedger
+
+    # PrivacyLedger creates missing or empty files; showing a ledger must never create one.
+    if not path.is_file():
+        raise LedgerError(f"privacy ledger {path} does not exist (or is not a file)")
+    if path.stat().st_size == 0:
+        raise LedgerError(f"privacy ledger {path} is empty, not a ledger")
+    with PrivacyLedger(path) as ledger:
+        totals = ledger.summary()
+        entries = [entry for total in totals for entry in ledger.entries(total.fingerprint)]
+    return entries, totals
+
+
+def _print_ledger(path: Path, entries: list[LedgerEntry], totals: list[LedgerSummary]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"privacy ledger {path}")
+    for name in ("id", "data", "run", "round", "status", "steps", "σ", "q", "acct", "δ", "ε", "reserved"):
+        table.add_column(name, justify="right" if name in {"id", "round", "steps", "σ", "q", "δ"} else "left")
+    table.add_column("committed")
+    for entry in entries:
+        steps = (
+            str(entry.steps) if entry.steps == entry.planned_steps else f"{entry.steps}/{entry.planned_steps}"
+        )
+        table.add_row(
+            str(entry.id),
+            entry.fingerprint[:8],
+            entry.run_id,
+            str(entry.round),
+            entry.status,
+            steps,
+            f"{entry.noise_multiplier:.4g}",
+            f"{entry.sample_rate:.4g}",
+            entry.accountant,
+            f"{entry.target_delta:g}",
+            f"{entry.epsilon_before:.3f} → {entry.epsilon_after:.3f}",
+            _short_time(entry.reserved_at),
+            _short_time(entry.committed_at),
+        )
+    _print_wide(table)
+    summary = Table(title="total per data set")
+    for name in ("data", "entries", "steps", "open", "ε", "accountant", "δ"):
+        summary.add_column(name, justify="left" if name in {"data", "accountant"} else "right")
+    for total in totals:
+        summary.add_row(
+            total.fingerprint[:16],
+            str(total.entries),
+            str(total.steps),
+            str(total.open_reservations),
+            f"{total.epsilon:.4f}",
+            total.accountant,
+            f"{total.target_delta:g}",
+        )
+    _print_wide(summary)
+
+
+def _print_wide(table: Table) -> None:
+    """Fit ``table`` to a terminal; anywhere else (a pipe, a file) print it at its natural width."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    from fedsys.cli import stdout
+
+    if stdout.is_terminal:
+        stdout.print(table)
+        return
+    natural = Measurement.get(stdout, stdout.options.update_width(10_000), table).maximum
+    Console(file=stdout.file, width=max(stdout.width, natural)).print(table)
+
+
+def _short_time(stamp: str | None) -> str:
+    """``2024-05-01T12:00:00.123456+00:00`` as ``2024-05-01 12:00:00``; ``-`` for none."""
+    if stamp is None:
+        return "-"
+    return stamp.replace("T", " ")[:19]

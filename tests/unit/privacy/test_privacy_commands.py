@@ -1,0 +1,223 @@
+"""The ``privacy plan`` and ``ledger show`` commands: numbers, JSON, one-line errors, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fedsys.errors import ConfigError
+from fedsys.privacy import LocalBudget, PrivacyLedger, compute_epsilon
+from fedsys.privacy.commands import register
+from fedsys.privacy.planning import noise_for_target, resolve_schedule
+
+runner = CliRunner()
+app = typer.Typer()
+register(app)
+
+PLAN = ["privacy", "plan", "--target-epsilon", "3", "--delta", "1e-5", "--rounds", "20"]
+
+
+def _plan_json(*extra: str) -> dict[str, Any]:
+    result = runner.invoke(app, [*PLAN, *extra, "--json"])
+    assert result.exit_code == 0, result.output
+    payload: dict[str, Any] = json.loads(result.stdout)
+    return payload
+
+
+def test_plan_reaches_the_target_from_below_with_rdp_and_prv():
+    payload = _plan_json("--sample-rate", "0.05", "--local-steps", "10")
+
+    assert payload["steps"] == 200 and payload["sample_rate"] == 0.05
+    plans = {row["accountant"]: row for row in payload["plans"]}
+    assert set(plans) == {"rdp", "prv"}
+    for accountant, row in plans.items():
+        epsilon = compute_epsilon(
+            [(row["noise_multiplier"], 0.05, 200)], target_delta=1e-5, accountant=accountant
+        )
+        assert 3 - 1e-2 < epsilon <= 3
+        assert row["epsilon"] == pytest.approx(epsilon)
+    # PRV is the tighter accountant: it needs less noise for the same target.
+    assert plans["prv"]["noise_multiplier"] < plans["rdp"]["noise_multiplier"]
+
+
+def test_plan_table_shows_both_accountants():
+    result = runner.invoke(app, [*PLAN, "--sample-rate", "0.05", "--local-steps", "10"])
+
+    assert result.exit_code == 0, result.output
+    assert "rdp" in result.stdout and "prv" in result.stdout
+    sigma = noise_for_target(
+        target_epsilon=3, target_delta=1e-5, sample_rate=0.05, steps=200, accountant="rdp"
+    )
+    assert f"{sigma:.4f}" in result.stdout
+
+
+@pytest.mark.parametrize("local", [["--local-steps", "7"], ["--local-epochs", "2"], []])
+def test_dataset_size_form_equals_sample_rate_form(local):
+    # N = 1000, B = 64: ceil(N / B) = 16 batches, so q = 1/16 and one epoch is 16 steps.
+    by_size = _plan_json("--dataset-size", "1000", "--batch-size", "64", *local)
+    by_rate = _plan_json("--sample-rate", str(1 / math.ceil(1000 / 64)), *local)
+
+    assert by_size["sample_rate"] == 1 / 16
+    assert by_size == by_rate
+    expected_steps = 20 * {"--local-steps": 7, "--local-epochs": 32}.get(local[0] if local else "", 16)
+    assert by_size["steps"] == expected_steps
+
+
+@pytest.mark.parametrize(
+    ("args", "echo"),
+    [
+        (["--target-epsilon", "-1", "--delta", "1e-5", "--rounds", "5", "--sample-rate", "0.1"], "-1.0"),
+        (["--target-epsilon", "3", "--delta", "1.5", "--rounds", "5", "--sample-rate", "0.1"], "1.5"),
+        (["--target-epsilon", "3", "--delta", "1e-5", "--rounds", "5", "--sample-rate", "1.2"], "1.2"),
+        (["--target-epsilon", "3", "--delta", "1e-5", "--rounds", "0", "--sample-rate", "0.1"], "got 0"),
+        (["--target-epsilon", "3", "--delta", "1e-5", "--rounds", "5"], "give --sample-rate"),
+        (
+            [
+                "--target-epsilon",
+                "3",
+                "--delta",
+                "1e-5",
+                "--rounds",
+                "5",
+                "--dataset-size",
+                "0",
+                "--batch-size",
+                "8",
+            ],
+            "got 0",
+        ),
+        (
+            [
+                "--target-epsilon",
+                "3",
+                "--delta",
+                "1e-5",
+                "--rounds",
+                "5",
+                "--sample-rate",
+                "0.1",
+                "--batch-size",
+                "8",
+            ],
+            "batch size 8",
+        ),
+        (
+            ["--target-epsilon", "3", "--delta", "1e-5", "--rounds", "5", "--sample-rate", "0.1"]
+            + ["--local-steps", "2", "--local-epochs", "1"],
+            "not both",
+        ),
+    ],
+)
+def test_plan_rejects_bad_inputs_with_exit_2_and_the_value(args, echo):
+    result = runner.invoke(app, ["privacy", "plan", *args])
+
+    assert result.exit_code == 2, result.output
+    assert echo in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_noise_for_target_validates_and_reports_unreachable_targets():
+    with pytest.raises(ConfigError, match="got 0"):
+        noise_for_target(target_epsilon=1, target_delta=1e-5, sample_rate=0.1, steps=0, accountant="rdp")
+    with pytest.raises(ConfigError, match="'gdp'"):
+        noise_for_target(target_epsilon=1, target_delta=1e-5, sample_rate=0.1, steps=1, accountant="gdp")
+    with pytest.raises(ConfigError, match="no noise multiplier reaches epsilon 1e-09"):
+        noise_for_target(target_epsilon=1e-9, target_delta=1e-5, sample_rate=1.0, steps=10, accountant="rdp")
+
+
+def test_bare_sample_rate_epoch_rounds_up_unless_whole():
+    assert resolve_schedule(rounds=1, sample_rate=1 / 16).steps_per_round == 16
+    assert resolve_schedule(rounds=1, sample_rate=0.03).steps_per_round == 34
+
+
+def _ledger_with_entries(path):
+    budget = LocalBudget(max_epsilon=50.0, target_delta=1e-5)
+    with PrivacyLedger(path) as ledger:
+        first = ledger.reserve_within_budget(
+            fingerprint="a" * 64,
+            run_id="run-one",
+            server_round=1,
+            noise_multiplier=1.1,
+            sample_rate=0.1,
+            steps=10,
+            budget=budget,
+        )
+        ledger.commit(first.entry_id, actual_steps=8, epsilon_after=first.epsilon_after)
+        ledger.reserve_within_budget(
+            fingerprint="a" * 64,
+            run_id="run-one",
+            server_round=2,
+            noise_multiplier=1.1,
+            sample_rate=0.1,
+            steps=10,
+            budget=budget,
+        )
+        other = ledger.reserve_within_budget(
+            fingerprint="b" * 64,
+            run_id="run-two",
+            server_round=1,
+            noise_multiplier=2.0,
+            sample_rate=0.05,
+            steps=4,
+            budget=budget,
+        )
+        ledger.commit(other.entry_id, actual_steps=4, epsilon_after=other.epsilon_after)
+        return ledger.summary()
+
+
+def test_ledger_show_json_lists_every_entry_and_the_totals(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    totals = _ledger_with_entries(path)
+
+    result = runner.invoke(app, ["ledger", "show", str(path), "--json"])
+
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    rows = payload["entries"]
+    assert [(r["id"], r["run_id"], r["round"], r["status"], r["steps"]) for r in rows] == [
+        (1, "run-one", 1, "committed", 8),
+        (2, "run-one", 2, "reserved", 10),
+        (3, "run-two", 1, "committed", 4),
+    ]
+    assert rows[0]["committed_at"] is not None and rows[1]["committed_at"] is None
+    assert [
+        (t["fingerprint"], t["entries"], t["steps"], t["open_reservations"]) for t in payload["totals"]
+    ] == [
+        ("a" * 64, 2, 18, 1),
+        ("b" * 64, 1, 4, 0),
+    ]
+    assert [t["epsilon"] for t in payload["totals"]] == [s.epsilon for s in totals]
+
+
+def test_ledger_show_table_lists_entries_and_totals(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    totals = _ledger_with_entries(path)
+
+    result = runner.invoke(app, ["ledger", "show", str(path)])
+
+    assert result.exit_code == 0, result.output
+    for text in ("run-one", "run-two", "committed", "reserved", "8/10", "total per data set", "aaaaaaaa"):
+        assert text in result.stdout
+    for total in totals:
+        assert f"{total.epsilon:.4f}" in result.stdout
+
+
+@pytest.mark.parametrize("content", [b"this is not a sqlite database " * 40, b"", None])
+def test_ledger_show_rejects_corrupt_empty_or_missing_files_in_one_line(tmp_path, content):
+    path = tmp_path / "ledger.sqlite"
+    if content is not None:
+        path.write_bytes(content)
+
+    result = runner.invoke(app, ["ledger", "show", str(path)])
+
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "privacy ledger" in lines[0] and "Traceback" not in result.output
+    assert path.exists() == (content is not None)  # showing never creates a ledger
+    if content is not None:
+        assert path.read_bytes() == content  # nor writes into the file
