@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 EPSILON_TOLERANCE = 1e-3  # absolute; get_noise_multiplier's default (0.01) is coarse at eps 0.5
 PLAN_FILE = "sweep.json"
-_EDGE_ORDER_WARNING = "Optimal order is the (smallest|largest) alpha"
 Simulate = Callable[[RunConfig, Path], Mapping[str, Any]]
 
 
@@ -135,28 +133,20 @@ def plan_budget(config: RunConfig, target_epsilon: float) -> BudgetPlan:
     accountant = budget_accountant(config)
     if not math.isfinite(target_epsilon):
         return BudgetPlan(target_epsilon=target_epsilon, accountant=accountant)
-    from opacus.accountants.utils import get_noise_multiplier
-
     from fedsys.privacy import compute_epsilon
+    from fedsys.privacy.planning import noise_for_target
 
     delta = config.budget.target_delta
     best: BudgetPlan | None = None
     for sample_rate, steps in sorted(client_workloads(config)):
-        try:
-            with warnings.catch_warnings():
-                # The bisection probes large multipliers whose best RDP order is the largest
-                # Opacus tries; the bound is still valid there, only looser.
-                warnings.filterwarnings("ignore", message=_EDGE_ORDER_WARNING, category=UserWarning)
-                sigma = get_noise_multiplier(
-                    target_epsilon=target_epsilon,
-                    target_delta=delta,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    accountant=accountant,
-                    epsilon_tolerance=EPSILON_TOLERANCE,
-                )
-        except ValueError as err:
-            raise ConfigError(f"no noise multiplier reaches epsilon {target_epsilon}: {err}") from err
+        sigma = noise_for_target(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=EPSILON_TOLERANCE,
+        )
         if best is None or best.noise_multiplier is None or sigma > best.noise_multiplier:
             best = BudgetPlan(target_epsilon, sigma, None, sample_rate, steps, accountant)
     if best is None or best.noise_multiplier is None or best.sample_rate is None or best.steps is None:
