@@ -11,7 +11,8 @@ libraries in every worker), so the sum is an upper bound on what the machine use
 
 Reported per population:
 
-- ``start-up``: wall time before round 1 starts (Ray start-up and node registration).
+- ``start-up``: wall time until the first client starts training (Ray start-up, node
+  registration, first dispatch); ``round-1`` includes it.
 - ``s/round``: median ``round-seconds`` of rounds 2.. (round 1 carries Ray's start-up).
 - ``updates/s``: successful client updates per second of round time (same rounds).
 - time split (medians, seconds): clients' training (the ClientApp's handler, timed inside
@@ -223,8 +224,8 @@ def summarise(
                 "idle-seconds": max(0.0, seconds - busy),
             }
         )
-    first = read_metrics(run_dir)[0] if rounds else {}
-    startup = ends.get(1, began) - began - float(first.get("round-seconds", 0.0))
+    # until the first client starts training: Ray start-up, node registration, first dispatch
+    startup = min((s for s, _ in clients.get(1, [])), default=began) - began
     return {"wall-seconds": wall, "startup-seconds": startup, "rounds": rounds}
 
 
