@@ -26,6 +26,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _json_line(record: Mapping[str, Any]) -> str:
+    return json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n"
+
+
 def write_config(run_dir: Path, config: RunConfig) -> None:
     """Write the fully resolved scenario as TOML."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -35,14 +39,12 @@ def write_config(run_dir: Path, config: RunConfig) -> None:
 def append_metrics(run_dir: Path, record: Mapping[str, Any]) -> None:
     """Append one round's metrics as a JSON line."""
     with (run_dir / METRICS_FILE).open("a") as fh:
-        fh.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        fh.write(_json_line(record))
 
 
 def rewrite_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
     """Replace metrics.jsonl with ``records`` (used on resume to drop rounds after a crash)."""
-    (run_dir / METRICS_FILE).write_text(
-        "".join(json.dumps({k: _jsonable(v) for k, v in r.items()}) + "\n" for r in records)
-    )
+    (run_dir / METRICS_FILE).write_text("".join(_json_line(r) for r in records))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

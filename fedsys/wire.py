@@ -18,6 +18,8 @@ ARRAYS: Final = "arrays"
 CONFIG: Final = "config"
 METRICS: Final = "metrics"
 STATUS: Final = "status"
+SECAGG: Final = "secagg"  # a SecAgg+ stage message (flat record)
+MASKED: Final = "masked"  # a client's masked vector (ArrayRecord with "masked-input")
 
 STATUS_OK: Final = "ok"
 STATUS_BUDGET: Final = "budget-exhausted"
@@ -31,6 +33,14 @@ def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     """An ArrayRecord as named NumPy arrays."""
     return {name: array.numpy() for name, array in record.items()}
+
+
+def metric(record: Mapping[str, object], key: str, default: float = 0.0) -> float:
+    """A scalar metric as a float (MetricRecord values are typed as int | float | lists)."""
+    value = record.get(key, default)
+    if not isinstance(value, (int, float)):
+        raise ProtocolError(f"metric {key!r} must be a number, got {value!r}")
+    return float(value)
 
 
 def status_of(reply: Message) -> str:

@@ -22,6 +22,7 @@ from fedsys.wire import (
     METRICS,
     STATUS_BUDGET,
     STATUS_OK,
+    metric,
     require_arrays,
     status_of,
     to_record,
@@ -84,7 +85,7 @@ def plain_round(
         reply = ex.replies[node]
         metrics = dict(reply.content.metric_records.get(METRICS, {}))
         if "epsilon" in metrics:
-            outcome.epsilons[node] = float(metrics["epsilon"])  # type: ignore[arg-type]
+            outcome.epsilons[node] = metric(metrics, "epsilon")
         status = status_of(reply)
         if status == STATUS_BUDGET:
             outcome.declined.append(node)
@@ -99,9 +100,9 @@ def plain_round(
             outcome.failed.append(node)
             continue
         deltas.append(delta)
-        counts.append(float(metrics.get("num-examples", 0.0)))  # type: ignore[arg-type]
+        counts.append(metric(metrics, "num-examples"))
         if "train-loss" in metrics:
-            outcome.train_losses.append(float(metrics["train-loss"]))  # type: ignore[arg-type]
+            outcome.train_losses.append(metric(metrics, "train-loss"))
         outcome.succeeded.append(node)
     if len(deltas) < config.sampling.min_clients:
         outcome.status = "abandoned"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsys.config import RunConfig
@@ -37,12 +37,10 @@ from fedsys.secagg import (
     ShareKeysReply,
     UnmaskReply,
 )
-from fedsys.wire import ARRAYS, CONFIG, METRICS, STATUS_BUDGET, status_of, to_record
+from fedsys.wire import ARRAYS, CONFIG, MASKED, METRICS, SECAGG, STATUS_BUDGET, metric, status_of, to_record
 
 log = logging.getLogger("fedsys")
 
-SECAGG: str = "secagg"
-MASKED: str = "masked"
 ACTIONS = {
     "setup": "train.secagg_setup",
     "share": "train.secagg_share",
@@ -195,16 +193,11 @@ def _note_failures(outcome: RoundOutcome, ex: Exchange) -> None:
 def _note_epsilon(outcome: RoundOutcome, node: int, reply: Message) -> None:
     metrics = reply.content.metric_records.get(METRICS)
     if metrics is not None and "epsilon" in metrics:
-        outcome.epsilons[node] = float(str(metrics["epsilon"]))
+        outcome.epsilons[node] = metric(metrics, "epsilon")
 
 
 def _note_training(outcome: RoundOutcome, node: int, reply: Message) -> None:
     _note_epsilon(outcome, node, reply)
     metrics = reply.content.metric_records.get(METRICS)
     if metrics is not None and "train-loss" in metrics:
-        outcome.train_losses.append(float(str(metrics["train-loss"])))
-
-
-def masked_record(masked_input: np.ndarray) -> ArrayRecord:
-    """The ArrayRecord that carries a client's masked vector."""
-    return to_record({"masked-input": masked_input})
+        outcome.train_losses.append(metric(metrics, "train-loss"))

@@ -15,7 +15,6 @@ from fedsys.node.update import compute_update, shareable_metrics
 from fedsys.wire import ARRAYS, CONFIG, METRICS, STATUS, require_arrays, status_record, to_record
 
 log = logging.getLogger("fedsys")
-_ROUND_KEYS = ("server-round", "run-id")
 _LOCAL_SECTIONS = ("budget.", "ledger-dir")
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedsys.coordinator.secure import MASKED, SECAGG, masked_record
 from fedsys.errors import ProtocolError
 from fedsys.models import flatten
 from fedsys.node.handlers import local_settings, server_config
@@ -29,7 +28,17 @@ from fedsys.secagg import (
     ShareKeysRequest,
     UnmaskRequest,
 )
-from fedsys.wire import ARRAYS, METRICS, STATUS, STATUS_BUDGET, require_arrays, status_record
+from fedsys.wire import (
+    ARRAYS,
+    MASKED,
+    METRICS,
+    SECAGG,
+    STATUS,
+    STATUS_BUDGET,
+    require_arrays,
+    status_record,
+    to_record,
+)
 
 log = logging.getLogger("fedsys")
 _STATE = "fedsys.secagg-client"
@@ -106,7 +115,8 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
     log.info("round %d: local metrics %s", rnd, update.metrics)
     shared = shareable_metrics(update, dp_enabled=config.dp.enabled)
     metrics = MetricRecord({k: v for k, v in shared.items() if not k.startswith("eval-")})
-    return _reply(message, reply.to_record(), **{MASKED: masked_record(reply.masked_input), METRICS: metrics})
+    masked = to_record({"masked-input": reply.masked_input})
+    return _reply(message, reply.to_record(), **{MASKED: masked, METRICS: metrics})
 
 
 def unmask(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
