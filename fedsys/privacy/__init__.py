@@ -3,12 +3,13 @@
 from fedsys.privacy.accounting import compute_epsilon, extend_history, max_steps_within
 from fedsys.privacy.dpsgd import choose_grad_sample_mode, plan_steps, sample_rate_for
 from fedsys.privacy.fingerprint import fingerprint_dataset
-from fedsys.privacy.ledger import PrivacyLedger
+from fedsys.privacy.ledger import DEFAULT_BUDGET_KEY, PrivacyLedger
 from fedsys.privacy.records import LedgerEntry, LedgerSummary, Reservation
 from fedsys.privacy.round import PrivateRoundResult, run_private_round
 from fedsys.privacy.settings import DPSettings, LocalBudget
 
 __all__ = [
+    "DEFAULT_BUDGET_KEY",
     "DPSettings",
     "LedgerEntry",
     "LedgerSummary",

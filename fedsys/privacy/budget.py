@@ -14,6 +14,21 @@ def budget_epsilon(history: Sequence[Segment], budget: LocalBudget) -> float:
     return compute_epsilon(history, target_delta=budget.target_delta, accountant=budget.accountant)
 
 
+def delta_warning(target_delta: float, num_examples: int) -> str | None:
+    """A warning when delta is too large for the data set size, else None.
+
+    A mechanism that publishes each of ``n`` records with probability delta satisfies
+    (0, delta)-DP, so delta >= 1/n allows leaking a whole record in expectation (Dwork &
+    Roth 2014, Sec. 2.3): delta should be well below 1/n.
+    """
+    if num_examples >= 1 and target_delta >= 1.0 / num_examples:
+        return (
+            f"target-delta {target_delta:g} >= 1/n = 1/{num_examples}: at this delta the guarantee "
+            f"allows releasing a whole record; choose a delta well below {1.0 / num_examples:.3g}"
+        )
+    return None
+
+
 def grant_steps(
     prior: Sequence[Segment],
     *,

@@ -1,4 +1,4 @@
-"""CLI commands of this subpackage (registered by :mod:`fedsys.cli`): ``privacy plan`` and ``ledger show``."""
+"""CLI commands of this subpackage (registered by :mod:`fedsys.cli`): privacy plan, ledger init/show."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from fedsys.privacy.settings import Accountant
 
 privacy_app = typer.Typer(help="Plan DP-SGD noise for a privacy budget.", no_args_is_help=True)
-ledger_app = typer.Typer(help="Inspect a data holder's privacy ledger.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Create or inspect a data holder's privacy ledger.", no_args_is_help=True)
 PLAN_ACCOUNTANTS: tuple[Accountant, ...] = ("rdp", "prv")
 
 
@@ -112,15 +112,36 @@ def _print_plan(result: dict[str, Any]) -> None:
     stdout.print(table)
 
 
+@ledger_app.command("init")
+def ledger_init(
+    path: Annotated[Path, typer.Argument(help="Where the new privacy ledger (SQLite file) goes.")],
+) -> None:
+    """Create a data holder's privacy ledger, once, before its first `fedsys client start`.
+
+    A client never creates its ledger itself: a missing, empty or damaged ledger is refused,
+    so losing it cannot silently hand out a fresh budget. This command never replaces an
+    existing file.
+    """
+    from fedsys.cli import guarded
+
+    def _run() -> None:
+        from fedsys.privacy.ledger import PrivacyLedger
+
+        typer.echo(f"created privacy ledger {PrivacyLedger.init(path)}")
+
+    guarded(_run)
+
+
 @ledger_app.command("show")
 def ledger_show(
     path: Annotated[Path, typer.Argument(help="The client's privacy ledger (SQLite file).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print entries and totals as JSON.")] = False,
 ) -> None:
-    """Every entry of a privacy ledger, then the total spend per data fingerprint.
+    """Every entry of a privacy ledger, then the total spend per declared data set (budget).
 
-    Totals are evaluated over each data set's whole history with its latest accountant and
-    delta; open reservations count with their planned steps (fail closed).
+    Totals are evaluated over each budget's whole history with its latest accountant and
+    delta; open reservations count with their planned steps (fail closed). A budget whose
+    data changed (more than one data fingerprint) is flagged; its spend still counts.
     """
     from fedsys.cli import guarded
 
@@ -140,22 +161,16 @@ def ledger_show(
 
 
 def read_ledger(path: Path) -> tuple[list[LedgerEntry], list[LedgerSummary]]:
-    """All entries of a ledger (per fingerprint, oldest first) and its per-data-set totals.
+    """All entries of a ledger (per budget key, oldest first) and its per-budget totals.
 
     Raises:
         LedgerError: the file is missing, empty, not a ledger or corrupt.
     """
-    from fedsys.errors import LedgerError
     from fedsys.privacy.ledger import PrivacyLedger
 
-    # PrivacyLedger creates missing or empty files; showing a ledger must never create one.
-    if not path.is_file():
-        raise LedgerError(f"privacy ledger {path} does not exist (or is not a file)")
-    if path.stat().st_size == 0:
-        raise LedgerError(f"privacy ledger {path} is empty, not a ledger")
-    with PrivacyLedger(path) as ledger:
+    with PrivacyLedger.open(path) as ledger:  # never creates one
         totals = ledger.summary()
-        entries = [entry for total in totals for entry in ledger.entries(total.fingerprint)]
+        entries = [entry for total in totals for entry in ledger.entries(total.budget_key)]
     return entries, totals
 
 
@@ -163,7 +178,22 @@ def _print_ledger(path: Path, entries: list[LedgerEntry], totals: list[LedgerSum
     from rich.table import Table
 
     table = Table(title=f"privacy ledger {path}")
-    for name in ("id", "data", "run", "round", "status", "steps", "σ", "q", "acct", "δ", "ε", "reserved"):
+    columns = (
+        "id",
+        "budget",
+        "data",
+        "run",
+        "round",
+        "status",
+        "steps",
+        "σ",
+        "q",
+        "acct",
+        "δ",
+        "ε",
+        "reserved",
+    )
+    for name in columns:
         table.add_column(name, justify="right" if name in {"id", "round", "steps", "σ", "q", "δ"} else "left")
     table.add_column("committed")
     for entry in entries:
@@ -172,6 +202,7 @@ def _print_ledger(path: Path, entries: list[LedgerEntry], totals: list[LedgerSum
         )
         table.add_row(
             str(entry.id),
+            entry.budget_key,
             entry.fingerprint[:8],
             entry.run_id,
             str(entry.round),
@@ -186,20 +217,38 @@ def _print_ledger(path: Path, entries: list[LedgerEntry], totals: list[LedgerSum
             _short_time(entry.committed_at),
         )
     _print_wide(table)
-    summary = Table(title="total per data set")
-    for name in ("data", "entries", "steps", "open", "ε", "accountant", "δ"):
-        summary.add_column(name, justify="left" if name in {"data", "accountant"} else "right")
+    summary = Table(title="total per budget (declared data set)")
+    for name in ("budget", "entries", "steps", "open", "ε", "accountant", "δ", "data versions"):
+        summary.add_column(name, justify="left" if name in {"budget", "accountant"} else "right")
     for total in totals:
         summary.add_row(
-            total.fingerprint[:16],
+            total.budget_key,
             str(total.entries),
             str(total.steps),
             str(total.open_reservations),
             f"{total.epsilon:.4f}",
             total.accountant,
             f"{total.target_delta:g}",
+            f"{total.fingerprints} (changed)" if total.data_changed else str(total.fingerprints),
         )
     _print_wide(summary)
+    _print_notes(totals)
+
+
+def _print_notes(totals: list[LedgerSummary]) -> None:
+    from fedsys.cli import stdout
+    from fedsys.privacy.ledger import LEGACY_BUDGET_KEY
+
+    for total in totals:
+        if total.budget_key == LEGACY_BUDGET_KEY:
+            stdout.print(
+                f"{LEGACY_BUDGET_KEY}: entries from before budgets had names; they count for every budget"
+            )
+        elif total.data_changed:
+            stdout.print(
+                f"WARNING: the data of budget {total.budget_key!r} changed {total.fingerprints - 1} time(s); "
+                "all of its spend still counts"
+            )
 
 
 def _print_wide(table: Table) -> None:

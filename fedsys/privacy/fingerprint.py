@@ -1,4 +1,4 @@
-"""Dataset fingerprints: the key under which a data holder's privacy spend accumulates."""
+"""Dataset fingerprints: recorded per ledger entry to notice changed data (never a budget key)."""
 
 from __future__ import annotations
 

@@ -1,25 +1,35 @@
 """The data holder's privacy ledger: a write-ahead SQLite record of every DP-SGD step.
 
-The ledger is owned by the client and keyed by a fingerprint of the data set, so spend
-accumulates across rounds, restarts and separate runs on the same data. It *is* the
-accountant history: ``history(fingerprint)`` rebuilt from the entries equals the history
-of one Opacus accountant that ran every step.
+The ledger is owned by the client. Spend is kept under a *budget key*: the name the holder
+declares for its data set (node config ``dataset-name``, one budget per holder by default),
+so it accumulates across rounds, restarts, separate runs and any re-encoding of the data.
+Each entry also records a fingerprint of the data it was reserved for, for audit only:
+when the data changes under the same name a warning is logged and shown by
+``fedsys ledger show``, but the budget is never reset. ``history(budget_key)`` rebuilt from
+the entries equals the history of one Opacus accountant that ran every step.
 
 Guarantees and assumptions:
 
-- Write-ahead: steps are reserved (and the budget checked) in one ``BEGIN IMMEDIATE``
-  transaction before any data is read, so two processes cannot both pass the check.
+- Explicit creation: a ledger is created once (``fedsys ledger init``); opening a missing,
+  empty, corrupt or foreign file is refused unless the caller asks to create it
+  (simulation only), see :mod:`fedsys.privacy.ledger_schema`.
+- Write-ahead: steps are reserved (and the budget checked) before any data is read. The
+  history is read, epsilon computed with no lock held (it can take tens of seconds with
+  PRV), then, in one ``BEGIN IMMEDIATE`` transaction, the history is read again and the
+  reservation inserted only if it is unchanged; otherwise the decision is made again. So
+  two processes cannot both pass the check, and a slow check never blocks other writers.
 - Fail closed: a reservation that is never committed (the process died, training
   raised) counts as spent with its planned steps.
 - Mixed accountants and deltas: entries record the accountant and delta used at the
   time, for audit only. Epsilon is never summed across entries; the whole history is
   re-evaluated with the accountant and delta of the budget being checked.
-- The fingerprint covers the exact bytes: a reordered or re-encoded copy of the same
-  records gets a fresh budget. The data holder must keep one canonical copy.
+- Anyone who can write the ledger file can still delete rows: the ledger protects against
+  accidental resets and re-shaped data, not against its owner.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,10 +43,22 @@ from fedsys.errors import ConfigError, LedgerError
 from fedsys.privacy.accounting import Segment, compute_epsilon, extend_history, normalize_history
 from fedsys.privacy.budget import budget_epsilon, grant_steps
 from fedsys.privacy.fingerprint import fingerprint_dataset
+from fedsys.privacy.ledger_schema import (
+    COLUMNS,
+    DEFAULT_BUDGET_KEY,
+    LEGACY_BUDGET_KEY,
+    check_budget_key,
+    connect,
+    create_empty_file,
+    init_hint,
+    prepare,
+)
 from fedsys.privacy.records import LedgerEntry, LedgerSummary, Reservation
 from fedsys.privacy.settings import LocalBudget
 
 __all__ = [
+    "DEFAULT_BUDGET_KEY",
+    "LEGACY_BUDGET_KEY",
     "LedgerEntry",
     "LedgerSummary",
     "PrivacyLedger",
@@ -44,41 +66,26 @@ __all__ = [
     "fingerprint_dataset",
 ]
 
-_SCHEMA_VERSION = 1
-_COLUMNS = (
-    "id, fingerprint, run_id, round, noise_multiplier, sample_rate, steps, planned_steps, "
-    "accountant, target_delta, epsilon_before, epsilon_after, status, reserved_at, committed_at"
-)
-_SCHEMA = """
-CREATE TABLE entries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    fingerprint TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    noise_multiplier REAL NOT NULL CHECK (noise_multiplier > 0),
-    sample_rate REAL NOT NULL CHECK (sample_rate > 0 AND sample_rate <= 1),
-    steps INTEGER NOT NULL CHECK (steps >= 0),
-    planned_steps INTEGER NOT NULL CHECK (planned_steps >= steps),
-    accountant TEXT NOT NULL,
-    target_delta REAL NOT NULL,
-    epsilon_before REAL NOT NULL,
-    epsilon_after REAL NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('reserved', 'committed')),
-    reserved_at TEXT NOT NULL,
-    committed_at TEXT
-);
-CREATE INDEX entries_by_fingerprint ON entries (fingerprint, id);
-"""
+log = logging.getLogger("fedsys")
+_ATTEMPTS = 8  # re-decisions after a concurrent writer changed the history
 
 
 @dataclass(frozen=True)
 class _Request:
+    budget_key: str
     fingerprint: str
     run_id: str
     server_round: int
     noise_multiplier: float
     sample_rate: float
     steps: int
+
+
+@dataclass(frozen=True)
+class _Decision:
+    granted: int
+    epsilon_before: float
+    epsilon_after: float
 
 
 def _check_steps(steps: int) -> None:
@@ -90,6 +97,23 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _decide(prior: list[Segment], request: _Request, budget: LocalBudget, *, enforce: bool) -> _Decision:
+    """The slow part (epsilon over the whole history): run with no lock held."""
+    granted = request.steps
+    if enforce:
+        granted = grant_steps(
+            prior,
+            noise_multiplier=request.noise_multiplier,
+            sample_rate=request.sample_rate,
+            steps=request.steps,
+            budget=budget,
+        )
+    after = extend_history(
+        prior, noise_multiplier=request.noise_multiplier, sample_rate=request.sample_rate, steps=granted
+    )
+    return _Decision(granted, budget_epsilon(prior, budget), budget_epsilon(after, budget))
+
+
 class PrivacyLedger:
     """SQLite-backed, write-ahead privacy ledger (see the module docstring).
 
@@ -97,23 +121,46 @@ class PrivacyLedger:
     number of processes may open the same file.
 
     Args:
-        path: The SQLite file; created if missing.
+        path: The SQLite file.
+        create: Create the file (or an empty one's schema) if missing. Only simulation's
+            virtual clients do this; a real holder runs :meth:`init` once.
 
     Raises:
-        LedgerError: the file cannot be opened, is not a ledger or is corrupt.
+        LedgerError: the file is missing or empty (without ``create``), cannot be opened,
+            is not a ledger or is corrupt.
     """
 
-    def __init__(self, path: str | PathLike[str]) -> None:
+    def __init__(self, path: str | PathLike[str], *, create: bool = False) -> None:
         self.path = Path(path)
+        self._conn = connect(self.path, create=create)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        except sqlite3.Error as err:
-            raise LedgerError(f"privacy ledger {self.path} cannot be opened: {err}") from err
-        try:
-            self._open_schema()
+            with self._transaction() as conn:
+                prepare(conn, self.path, create=create)
+        except LedgerError as err:
+            self._conn.close()
+            raise LedgerError(f"{err}; {init_hint(self.path)}") from err
         except BaseException:
             self._conn.close()
             raise
+
+    @classmethod
+    def open(cls, path: str | PathLike[str], *, create: bool = False) -> PrivacyLedger:
+        """Open a ledger; refuse a missing, empty, corrupt or foreign file unless ``create``."""
+        return cls(path, create=create)
+
+    @classmethod
+    def init(cls, path: str | PathLike[str]) -> Path:
+        """Create a new, empty ledger (``fedsys ledger init``); never replaces an existing file.
+
+        Returns:
+            The ledger's path.
+
+        Raises:
+            LedgerError: something (even an empty file) already exists at ``path``.
+        """
+        target = create_empty_file(Path(path))
+        cls(target, create=True).close()
+        return target
 
     def close(self) -> None:
         """Close the underlying connection."""
@@ -131,10 +178,10 @@ class PrivacyLedger:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE``: take the write lock before reading, so check+insert is atomic."""
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` (take the write lock before reading) or a plain read snapshot."""
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as err:
             raise LedgerError(f"privacy ledger {self.path} is unreadable or locked: {err}") from err
         try:
@@ -150,54 +197,48 @@ class PrivacyLedger:
         except sqlite3.Error as err:
             raise LedgerError(f"privacy ledger {self.path} cannot be written: {err}") from err
 
-    def _open_schema(self) -> None:
-        with self._transaction() as conn:
-            check = conn.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise LedgerError(f"privacy ledger {self.path} is corrupt: {check}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if version == 0 and tables == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            elif version != _SCHEMA_VERSION:
-                raise LedgerError(
-                    f"privacy ledger {self.path} has schema version {version}, expected {_SCHEMA_VERSION}"
-                )
-            conn.execute(f"SELECT {_COLUMNS} FROM entries LIMIT 0")
-
-    def _history(self, conn: sqlite3.Connection, fingerprint: str) -> list[Segment]:
+    def _segments(self, conn: sqlite3.Connection, *keys: str) -> list[Segment]:
+        marks = ", ".join("?" * len(keys))
         rows = conn.execute(
-            "SELECT noise_multiplier, sample_rate, steps FROM entries WHERE fingerprint = ? ORDER BY id",
-            (fingerprint,),
+            f"SELECT noise_multiplier, sample_rate, steps FROM entries WHERE budget_key IN ({marks}) "
+            "ORDER BY id",
+            keys,
         ).fetchall()
         try:
             return normalize_history([(float(n), float(q), int(s)) for n, q, s in rows])
         except (ConfigError, TypeError, ValueError) as err:
             raise LedgerError(f"privacy ledger {self.path} is inconsistent: {err}") from err
 
-    def history(self, fingerprint: str) -> list[Segment]:
-        """Accountant history of a data set: all committed and reserved entries, merged.
+    def _history(self, conn: sqlite3.Connection, budget_key: str) -> list[Segment]:
+        return self._segments(conn, budget_key, LEGACY_BUDGET_KEY)
+
+    def _last_fingerprint(self, conn: sqlite3.Connection, budget_key: str) -> str | None:
+        row = conn.execute(
+            "SELECT fingerprint FROM entries WHERE budget_key IN (?, ?) ORDER BY id DESC LIMIT 1",
+            (budget_key, LEGACY_BUDGET_KEY),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def history(self, budget_key: str) -> list[Segment]:
+        """Accountant history of a budget: its entries and any migrated from schema 1, merged.
 
         Open reservations count with their planned steps (fail closed).
         """
-        with self._transaction() as conn:
-            return self._history(conn, fingerprint)
+        with self._transaction(write=False) as conn:
+            return self._history(conn, budget_key)
 
-    def entries(self, fingerprint: str) -> list[LedgerEntry]:
-        """All entries of a data set, oldest first."""
-        with self._transaction() as conn:
+    def entries(self, budget_key: str) -> list[LedgerEntry]:
+        """All entries recorded under exactly this budget key, oldest first."""
+        with self._transaction(write=False) as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE fingerprint = ? ORDER BY id",
-                (fingerprint,),
+                f"SELECT {COLUMNS} FROM entries WHERE budget_key = ? ORDER BY id", (budget_key,)
             ).fetchall()
         return [LedgerEntry(*row) for row in rows]
 
     def reserve(
         self,
         *,
+        budget_key: str,
         fingerprint: str,
         run_id: str,
         server_round: int,
@@ -214,12 +255,15 @@ class PrivacyLedger:
         Returns:
             The reservation; pass its ``entry_id`` to :meth:`commit`.
         """
-        request = _Request(fingerprint, run_id, server_round, noise_multiplier, sample_rate, steps)
+        request = _Request(
+            budget_key, fingerprint, run_id, server_round, noise_multiplier, sample_rate, steps
+        )
         return self._reserve(request, budget, enforce=False)
 
     def reserve_within_budget(
         self,
         *,
+        budget_key: str,
         fingerprint: str,
         run_id: str,
         server_round: int,
@@ -228,13 +272,15 @@ class PrivacyLedger:
         steps: int,
         budget: LocalBudget,
     ) -> Reservation:
-        """Check the budget and reserve steps in one ``BEGIN IMMEDIATE`` transaction.
+        """Check the budget and reserve steps, atomically with respect to other writers.
 
         Epsilon is evaluated over the whole history with ``budget.accountant`` at
-        ``budget.target_delta``, whatever earlier entries used.
+        ``budget.target_delta``, whatever earlier entries used, without holding the write
+        lock; the reservation is inserted only if the history is still the one checked.
 
         Args:
-            fingerprint: The data set's fingerprint.
+            budget_key: The holder's declared data-set name: the budget spend is kept under.
+            fingerprint: The data's current fingerprint (audit: a change is warned about).
             run_id: Identifier of the federated run (audit only).
             server_round: Round number (audit only).
             noise_multiplier: Noise multiplier of the planned steps.
@@ -248,70 +294,74 @@ class PrivacyLedger:
         Raises:
             BudgetExceededError: the planned steps do not fit (``refuse``), or no step fits.
             ConfigError: a parameter is out of range.
-            LedgerError: the ledger is unreadable.
+            LedgerError: the ledger is unreadable, or kept changing under every attempt.
         """
-        request = _Request(fingerprint, run_id, server_round, noise_multiplier, sample_rate, steps)
+        request = _Request(
+            budget_key, fingerprint, run_id, server_round, noise_multiplier, sample_rate, steps
+        )
         return self._reserve(request, budget, enforce=True)
 
     def _reserve(self, request: _Request, budget: LocalBudget, *, enforce: bool) -> Reservation:
         _check_steps(request.steps)
-        with self._transaction() as conn:
-            prior = self._history(conn, request.fingerprint)
-            granted = request.steps
-            if enforce:
-                granted = grant_steps(
-                    prior,
-                    noise_multiplier=request.noise_multiplier,
-                    sample_rate=request.sample_rate,
-                    steps=request.steps,
-                    budget=budget,
+        check_budget_key(request.budget_key)
+        for _ in range(_ATTEMPTS):
+            with self._transaction(write=False) as conn:
+                prior = self._history(conn, request.budget_key)
+                last_fingerprint = self._last_fingerprint(conn, request.budget_key)
+            decision = _decide(prior, request, budget, enforce=enforce)
+            with self._transaction() as conn:
+                if self._history(conn, request.budget_key) != prior:
+                    continue  # another writer spent meanwhile: decide again on the new history
+                entry_id = self._insert(conn, request, decision, budget)
+            changed = last_fingerprint is not None and last_fingerprint != request.fingerprint
+            if changed:
+                log.warning(
+                    "data set %r changed since its last ledger entry (fingerprint %s... now %s...); "
+                    "its earlier spend still counts against the same budget",
+                    request.budget_key,
+                    str(last_fingerprint)[:12],
+                    request.fingerprint[:12],
                 )
-            return self._insert(conn, prior, request, granted=granted, budget=budget)
+            return Reservation(
+                entry_id=entry_id,
+                steps=decision.granted,
+                planned_steps=request.steps,
+                truncated=decision.granted < request.steps,
+                epsilon_before=decision.epsilon_before,
+                epsilon_after=decision.epsilon_after,
+                prior_history=tuple(prior),
+                data_changed=changed,
+            )
+        raise LedgerError(
+            f"privacy ledger {self.path} changed under each of {_ATTEMPTS} reservation attempts; none made"
+        )
 
     def _insert(
-        self,
-        conn: sqlite3.Connection,
-        prior: list[Segment],
-        request: _Request,
-        *,
-        granted: int,
-        budget: LocalBudget,
-    ) -> Reservation:
-        noise_multiplier, sample_rate = request.noise_multiplier, request.sample_rate
-        after = extend_history(
-            prior, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=granted
-        )
-        epsilon_before, epsilon_after = budget_epsilon(prior, budget), budget_epsilon(after, budget)
+        self, conn: sqlite3.Connection, request: _Request, decision: _Decision, budget: LocalBudget
+    ) -> int:
         cursor = conn.execute(
-            "INSERT INTO entries (fingerprint, run_id, round, noise_multiplier, sample_rate, "
+            "INSERT INTO entries (budget_key, fingerprint, run_id, round, noise_multiplier, sample_rate, "
             "steps, planned_steps, accountant, target_delta, epsilon_before, epsilon_after, "
-            "status, reserved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+            "status, reserved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
             (
+                request.budget_key,
                 request.fingerprint,
                 request.run_id,
                 request.server_round,
-                noise_multiplier,
-                sample_rate,
-                granted,
+                request.noise_multiplier,
+                request.sample_rate,
+                decision.granted,
                 request.steps,
                 budget.accountant,
                 budget.target_delta,
-                epsilon_before,
-                epsilon_after,
+                decision.epsilon_before,
+                decision.epsilon_after,
                 _now(),
             ),
         )
         if cursor.lastrowid is None:
             raise LedgerError(f"privacy ledger {self.path} did not record the reservation")
-        return Reservation(
-            entry_id=cursor.lastrowid,
-            steps=granted,
-            planned_steps=request.steps,
-            truncated=granted < request.steps,
-            epsilon_before=epsilon_before,
-            epsilon_after=epsilon_after,
-            prior_history=tuple(prior),
-        )
+        return cursor.lastrowid
 
     def commit(self, entry_id: int, *, actual_steps: int, epsilon_after: float) -> None:
         """Mark a reservation as done, recording the steps actually run.
@@ -342,23 +392,30 @@ class PrivacyLedger:
             )
 
     def summary(self) -> list[LedgerSummary]:
-        """Total spend per data set, each evaluated with its latest accountant and delta."""
-        with self._transaction() as conn:
+        """Total spend per budget key, each evaluated with its latest accountant and delta.
+
+        A budget's total includes entries migrated from schema 1 (which also have their own
+        row under :data:`LEGACY_BUDGET_KEY`). Epsilon is computed after the read, unlocked.
+        """
+        with self._transaction(write=False) as conn:
             rows = conn.execute(
-                "SELECT fingerprint, count(*), sum(steps), sum(status = 'reserved'), "
-                "max(id) FROM entries GROUP BY fingerprint ORDER BY fingerprint"
+                "SELECT budget_key, count(*), sum(steps), sum(status = 'reserved'), "
+                "count(DISTINCT fingerprint), max(id) FROM entries GROUP BY budget_key ORDER BY budget_key"
             ).fetchall()
-            result = []
-            for fingerprint, count, steps, open_count, last_id in rows:
+            read = []
+            for key, count, steps, open_count, fingerprints, last_id in rows:
                 accountant, delta = conn.execute(
                     "SELECT accountant, target_delta FROM entries WHERE id = ?", (last_id,)
                 ).fetchone()
-                try:
-                    history = self._history(conn, fingerprint)
-                    epsilon = compute_epsilon(history, target_delta=delta, accountant=accountant)
-                except ConfigError as err:
-                    raise LedgerError(f"privacy ledger {self.path} is inconsistent: {err}") from err
-                result.append(
-                    LedgerSummary(fingerprint, count, steps, open_count, epsilon, accountant, delta)
-                )
+                history = self._segments(conn, key) if key == LEGACY_BUDGET_KEY else self._history(conn, key)
+                read.append((key, count, steps, open_count, fingerprints, accountant, delta, history))
+        result = []
+        for key, count, steps, open_count, fingerprints, accountant, delta, history in read:
+            try:
+                epsilon = compute_epsilon(history, target_delta=delta, accountant=accountant)
+            except ConfigError as err:
+                raise LedgerError(f"privacy ledger {self.path} is inconsistent: {err}") from err
+            result.append(
+                LedgerSummary(key, count, steps, open_count, epsilon, accountant, delta, fingerprints)
+            )
         return result

@@ -1,4 +1,4 @@
-"""Records the privacy ledger hands out: entries, reservations and per-data-set summaries."""
+"""Records the privacy ledger hands out: entries, reservations and per-budget summaries."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ from fedsys.privacy.accounting import Segment
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One reservation (and, once committed, the steps actually run)."""
+    """One reservation (and, once committed, the steps actually run).
+
+    ``budget_key`` is the holder's declared data-set name the spend counts against;
+    ``fingerprint`` is the data the steps ran on (audit only).
+    """
 
     id: int
+    budget_key: str
     fingerprint: str
     run_id: str
     round: int
@@ -34,7 +39,8 @@ class Reservation:
     """Steps granted by :meth:`PrivacyLedger.reserve_within_budget`.
 
     ``prior_history`` is the history the budget was checked against (without this
-    reservation): restore it into the training accountant.
+    reservation): restore it into the training accountant. ``data_changed`` says the
+    data's fingerprint differs from the budget's previous entry (the spend still counts).
     """
 
     entry_id: int
@@ -44,16 +50,27 @@ class Reservation:
     epsilon_before: float
     epsilon_after: float
     prior_history: tuple[Segment, ...]
+    data_changed: bool = False
 
 
 @dataclass(frozen=True)
 class LedgerSummary:
-    """Total spend on one data set, evaluated with its latest accountant and delta."""
+    """Total spend under one budget key, evaluated with its latest accountant and delta.
 
-    fingerprint: str
+    ``fingerprints`` counts the distinct data fingerprints recorded under the key: more
+    than one means the data changed under the same name (see :attr:`data_changed`).
+    """
+
+    budget_key: str
     entries: int
     steps: int
     open_reservations: int
     epsilon: float
     accountant: str
     target_delta: float
+    fingerprints: int = 1
+
+    @property
+    def data_changed(self) -> bool:
+        """Whether the data changed under this budget key."""
+        return self.fingerprints > 1

@@ -13,6 +13,7 @@ This is the only entry point a ClientApp needs. Order matters for privacy:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from fedsys.errors import ConfigError, LedgerError
 from fedsys.privacy.accounting import extend_history
-from fedsys.privacy.budget import budget_epsilon
+from fedsys.privacy.budget import budget_epsilon, delta_warning
 from fedsys.privacy.dpsgd import (
     LocalTrainingResult,
     TrainingMode,
@@ -34,6 +35,8 @@ from fedsys.privacy.dpsgd import (
 )
 from fedsys.privacy.ledger import PrivacyLedger, Reservation
 from fedsys.privacy.settings import DPSettings, LocalBudget
+
+log = logging.getLogger("fedsys")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ def run_private_round(
     dp: DPSettings,
     budget: LocalBudget,
     ledger: PrivacyLedger,
+    budget_key: str,
     fingerprint: str,
     run_id: str,
     server_round: int,
@@ -105,7 +109,9 @@ def run_private_round(
         dp: DP-SGD parameters (possibly requested by the server).
         budget: The data holder's own budget; the only source of the limit.
         ledger: The data holder's ledger.
-        fingerprint: The data set's fingerprint (:func:`fingerprint_dataset`).
+        budget_key: The holder's declared data-set name; the spend counts against it.
+        fingerprint: The data's fingerprint (:func:`fingerprint_dataset`), recorded for
+            audit: a change is warned about, never a fresh budget.
         run_id: Identifier of the federated run (audit only).
         server_round: Round number (audit only).
         lr: SGD learning rate.
@@ -135,9 +141,13 @@ def run_private_round(
         local_steps=local_steps,
     )
     sample_rate = sample_rate_for(num_examples, batch_size)
+    warning = delta_warning(budget.target_delta, num_examples)
+    if warning is not None:
+        log.warning("budget %r: %s", budget_key, warning)
     check_model(model)
     mode = choose_grad_sample_mode(model, dp.grad_sample_mode, device)
     reservation = ledger.reserve_within_budget(
+        budget_key=budget_key,
         fingerprint=fingerprint,
         run_id=run_id,
         server_round=server_round,

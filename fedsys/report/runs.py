@@ -178,7 +178,7 @@ def read_ledgers(ledger_dir: Path, *, run_id: str, rounds: Sequence[int]) -> tup
         try:
             with PrivacyLedger(path) as ledger:
                 summaries = ledger.summary()
-                entries = [e for s in summaries for e in ledger.entries(s.fingerprint)]
+                entries = [e for s in summaries for e in ledger.entries(s.budget_key)]
         except LedgerError as err:
             raise ConfigError(f"cannot report on ledger {path}: {err}") from err
         if not summaries:

@@ -53,7 +53,7 @@ def tiny_cnn(classes: int = 2, *, seed: int = 0) -> nn.Module:
 
 
 def open_ledger(tmp_path: Path) -> PrivacyLedger:
-    return PrivacyLedger(tmp_path / "ledger.sqlite")
+    return PrivacyLedger(tmp_path / "ledger.sqlite", create=True)
 
 
 def private_round(
@@ -63,7 +63,8 @@ def private_round(
     train_set: TensorDataset | None = None,
     dp: DPSettings | None = None,
     budget: LocalBudget | None = None,
-    fingerprint: str = "data-a",
+    budget_key: str = "data-a",
+    fingerprint: str = "fp-a",
     server_round: int = 1,
     batch_size: int = 8,
     local_steps: int | None = 5,
@@ -79,6 +80,7 @@ def private_round(
         dp=dp or DPSettings(noise_multiplier=1.0, max_grad_norm=1.0),
         budget=budget or LocalBudget(max_epsilon=50.0, target_delta=1e-5),
         ledger=ledger,
+        budget_key=budget_key,
         fingerprint=fingerprint,
         run_id="run-1",
         server_round=server_round,

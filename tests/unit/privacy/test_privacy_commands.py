@@ -137,8 +137,9 @@ def test_bare_sample_rate_epoch_rounds_up_unless_whole():
 
 def _ledger_with_entries(path):
     budget = LocalBudget(max_epsilon=50.0, target_delta=1e-5)
-    with PrivacyLedger(path) as ledger:
+    with PrivacyLedger(path, create=True) as ledger:
         first = ledger.reserve_within_budget(
+            budget_key="site-a",
             fingerprint="a" * 64,
             run_id="run-one",
             server_round=1,
@@ -149,6 +150,7 @@ def _ledger_with_entries(path):
         )
         ledger.commit(first.entry_id, actual_steps=8, epsilon_after=first.epsilon_after)
         ledger.reserve_within_budget(
+            budget_key="site-a",
             fingerprint="a" * 64,
             run_id="run-one",
             server_round=2,
@@ -158,6 +160,7 @@ def _ledger_with_entries(path):
             budget=budget,
         )
         other = ledger.reserve_within_budget(
+            budget_key="site-b",
             fingerprint="b" * 64,
             run_id="run-two",
             server_round=1,
@@ -186,10 +189,10 @@ def test_ledger_show_json_lists_every_entry_and_the_totals(tmp_path):
     ]
     assert rows[0]["committed_at"] is not None and rows[1]["committed_at"] is None
     assert [
-        (t["fingerprint"], t["entries"], t["steps"], t["open_reservations"]) for t in payload["totals"]
+        (t["budget_key"], t["entries"], t["steps"], t["open_reservations"]) for t in payload["totals"]
     ] == [
-        ("a" * 64, 2, 18, 1),
-        ("b" * 64, 1, 4, 0),
+        ("site-a", 2, 18, 1),
+        ("site-b", 1, 4, 0),
     ]
     assert [t["epsilon"] for t in payload["totals"]] == [s.epsilon for s in totals]
 
@@ -201,7 +204,7 @@ def test_ledger_show_table_lists_entries_and_totals(tmp_path):
     result = runner.invoke(app, ["ledger", "show", str(path)])
 
     assert result.exit_code == 0, result.output
-    for text in ("run-one", "run-two", "committed", "reserved", "8/10", "total per data set", "aaaaaaaa"):
+    for text in ("run-one", "run-two", "committed", "reserved", "8/10", "total per budget", "aaaaaaaa"):
         assert text in result.stdout
     for total in totals:
         assert f"{total.epsilon:.4f}" in result.stdout
@@ -221,3 +224,55 @@ def test_ledger_show_rejects_corrupt_empty_or_missing_files_in_one_line(tmp_path
     assert path.exists() == (content is not None)  # showing never creates a ledger
     if content is not None:
         assert path.read_bytes() == content  # nor writes into the file
+
+
+def test_ledger_init_creates_an_empty_ledger_that_clients_can_open(tmp_path):
+    path = tmp_path / "holder" / "ledger.sqlite"
+
+    result = runner.invoke(app, ["ledger", "init", str(path)])
+
+    assert result.exit_code == 0, result.output
+    assert "created privacy ledger" in result.stdout
+    with PrivacyLedger(path) as ledger:  # no create: the file is a real ledger now
+        assert ledger.summary() == []
+
+
+@pytest.mark.parametrize("content", [b"", None])
+def test_ledger_init_never_replaces_an_existing_file(tmp_path, content):
+    path = tmp_path / "ledger.sqlite"
+    if content is None:
+        _ledger_with_entries(path)
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+
+    result = runner.invoke(app, ["ledger", "init", str(path)])
+
+    assert result.exit_code == 2, result.output
+    assert "already exists" in result.output and "Traceback" not in result.output
+    assert path.read_bytes() == before
+
+
+def test_ledger_show_flags_a_budget_whose_data_changed(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    budget = LocalBudget(max_epsilon=50.0, target_delta=1e-5)
+    with PrivacyLedger(path, create=True) as ledger:
+        for fingerprint in ("a" * 64, "c" * 64):
+            ledger.reserve_within_budget(
+                budget_key="default",
+                fingerprint=fingerprint,
+                run_id="run",
+                server_round=1,
+                noise_multiplier=1.0,
+                sample_rate=0.1,
+                steps=5,
+                budget=budget,
+            )
+
+    table = runner.invoke(app, ["ledger", "show", str(path)])
+    as_json = runner.invoke(app, ["ledger", "show", str(path), "--json"])
+
+    assert table.exit_code == 0, table.output
+    assert "2 (changed)" in table.stdout and "WARNING: the data of budget 'default' changed" in table.stdout
+    [total] = json.loads(as_json.stdout)["totals"]
+    assert (total["budget_key"], total["entries"], total["fingerprints"]) == ("default", 2, 2)

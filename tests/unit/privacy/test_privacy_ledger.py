@@ -21,10 +21,21 @@ STEP = {"noise_multiplier": 1.0, "sample_rate": 0.1}
 
 
 def _reserve(
-    ledger: PrivacyLedger, steps: int, *, fingerprint: str = "fp", budget: LocalBudget = BUDGET
+    ledger: PrivacyLedger,
+    steps: int,
+    *,
+    budget_key: str = "fp",
+    fingerprint: str = "data-v1",
+    budget: LocalBudget = BUDGET,
 ) -> int:
     reservation = ledger.reserve_within_budget(
-        fingerprint=fingerprint, run_id="run", server_round=1, steps=steps, budget=budget, **STEP
+        budget_key=budget_key,
+        fingerprint=fingerprint,
+        run_id="run",
+        server_round=1,
+        steps=steps,
+        budget=budget,
+        **STEP,
     )
     return reservation.entry_id
 
@@ -40,7 +51,13 @@ def test_an_uncommitted_reservation_counts_with_its_planned_steps(tmp_path: Path
     with open_ledger(tmp_path) as reopened:
         assert reopened.history("fp") == [(1.0, 0.1, 30)]
         second = reopened.reserve_within_budget(
-            fingerprint="fp", run_id="run", server_round=2, steps=10, budget=BUDGET, **STEP
+            budget_key="fp",
+            fingerprint="data-v1",
+            run_id="run",
+            server_round=2,
+            steps=10,
+            budget=BUDGET,
+            **STEP,
         )
     assert second.epsilon_before == _epsilon(30)
     assert second.epsilon_after == _epsilon(40)
@@ -92,14 +109,14 @@ def test_spend_persists_across_reopen_and_accumulates_to_the_budget(tmp_path: Pa
     assert _epsilon(granted) <= BUDGET.max_epsilon < _epsilon(granted + 50)
 
 
-def test_budgets_are_separate_per_fingerprint(tmp_path: Path) -> None:
+def test_budgets_are_separate_per_declared_data_set(tmp_path: Path) -> None:
     with open_ledger(tmp_path) as ledger:
-        _reserve(ledger, 150, fingerprint="a")
+        _reserve(ledger, 150, budget_key="a")
         with pytest.raises(BudgetExceededError):
-            _reserve(ledger, 150, fingerprint="a")
-        _reserve(ledger, 150, fingerprint="b")
+            _reserve(ledger, 150, budget_key="a", fingerprint="data-v2")  # new data, same budget
+        _reserve(ledger, 150, budget_key="b")
 
-        assert [s.fingerprint for s in ledger.summary()] == ["a", "b"]
+        assert [s.budget_key for s in ledger.summary()] == ["a", "b"]
         assert ledger.history("b") == [(1.0, 0.1, 150)]
 
 
@@ -114,7 +131,13 @@ def test_truncate_grants_only_what_fits(tmp_path: Path) -> None:
     budget = LocalBudget(max_epsilon=3.0, target_delta=1e-5, policy="truncate")
     with open_ledger(tmp_path) as ledger:
         reservation = ledger.reserve_within_budget(
-            fingerprint="fp", run_id="run", server_round=1, steps=5000, budget=budget, **STEP
+            budget_key="fp",
+            fingerprint="data-v1",
+            run_id="run",
+            server_round=1,
+            steps=5000,
+            budget=budget,
+            **STEP,
         )
 
     assert reservation.truncated
@@ -126,7 +149,13 @@ def test_history_is_evaluated_with_the_budgets_own_accountant(tmp_path: Path) ->
     with open_ledger(tmp_path) as ledger:
         _reserve(ledger, 5, budget=LocalBudget(max_epsilon=9.0, target_delta=1e-3, accountant="prv"))
         strict = ledger.reserve_within_budget(
-            fingerprint="fp", run_id="run", server_round=2, steps=1, budget=BUDGET, **STEP
+            budget_key="fp",
+            fingerprint="data-v1",
+            run_id="run",
+            server_round=2,
+            steps=1,
+            budget=BUDGET,
+            **STEP,
         )
         accountants = [entry.accountant for entry in ledger.entries("fp")]
 
@@ -169,7 +198,7 @@ def test_concurrent_reservations_cannot_together_exceed_the_budget(tmp_path: Pat
     # No epsilon is computed in this process before the fork: the workers' caches start
     # empty, so each spends real time between its read and its insert (the race window).
     path = str(tmp_path / "ledger.sqlite")
-    PrivacyLedger(path).close()
+    PrivacyLedger(path, create=True).close()
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(4), context.Queue()
     workers = [context.Process(target=_race, args=(path, barrier, results)) for _ in range(4)]

@@ -58,9 +58,10 @@ def spend(ledger_path: Path, rounds: list[int], *, run_id: str = RUN_ID, steps: 
     """Record DP-SGD steps in a client's ledger for ``rounds``; returns epsilon after each."""
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
     after = []
-    with PrivacyLedger(ledger_path) as ledger:
+    with PrivacyLedger(ledger_path, create=True) as ledger:
         for rnd in rounds:
             reservation = ledger.reserve_within_budget(
+                budget_key="default",
                 fingerprint="data-of-" + ledger_path.stem,
                 run_id=run_id,
                 server_round=rnd,
