@@ -27,6 +27,47 @@ BudgetPolicy = Literal["refuse", "truncate"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 _PARTITION_RE = re.compile(r"^(iid|natural|dirichlet:(?P<alpha>[0-9.eE+-]+)|shards:(?P<k>\d+))$")
+_BUILTIN_DATASETS = ("digits", "breast-cancer")
+
+
+@dataclass(frozen=True)
+class FeatureRange:
+    """A declared, public range of a data file's feature values; never computed from the data.
+
+    ``none``: the values are used as given. ``uniform``: every feature lies in
+    ``[low, high]``. ``table``: a CSV file with columns ``column,low,high``, one row per
+    feature column (it also names and orders the feature columns). Values are clipped to
+    the range and mapped to [-1, 1], one record at a time (:mod:`fedsys.data.scaling`).
+    """
+
+    kind: Literal["none", "uniform", "table"]
+    low: float = -1.0
+    high: float = 1.0
+    table: str = ""
+
+
+def parse_feature_range(text: str, *, key: str) -> FeatureRange | None:
+    """Parse ``none``, ``LO,HI`` or a ``.csv`` table path; ``None`` when nothing is declared.
+
+    Raises:
+        ConfigError: anything else, or ``LO,HI`` that is not finite with ``LO < HI``.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    if text == "none":
+        return FeatureRange("none")
+    if text.lower().endswith(".csv"):
+        return FeatureRange("table", table=text)
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError as err:
+        raise ConfigError(
+            f'{key} must be "none", "LO,HI" or a .csv table of column,low,high, got {text!r}'
+        ) from err
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ConfigError(f"{key} needs finite LO < HI, got {text!r}")
+    return FeatureRange("uniform", low=low, high=high)
 
 
 @dataclass(frozen=True)
@@ -182,6 +223,8 @@ class RunConfig:
     out_dir: str = ""
     ledger_dir: str = ""
     resume_from: str = ""  # a run directory whose checkpoint to continue from
+    # the public range of a data file's values (simulation; a real holder declares its own)
+    feature_range: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     dp: DPConfig = field(default_factory=DPConfig)
@@ -196,6 +239,13 @@ class RunConfig:
         if self.partition != "auto" and not _PARTITION_RE.match(self.partition):
             raise ConfigError(
                 f"partition must be iid, natural, dirichlet:ALPHA or shards:K, got {self.partition!r}"
+            )
+        parse_feature_range(self.feature_range, key="feature-range")
+        builtin = self.dataset in _BUILTIN_DATASETS or self.dataset.startswith("synthetic")
+        if self.feature_range and builtin:
+            raise ConfigError(
+                f"feature-range applies to data files; built-in {self.dataset!r} carries its own "
+                f"public range, got {self.feature_range!r}"
             )
 
     @classmethod
@@ -234,6 +284,10 @@ class RunConfig:
             else:
                 flat[key] = value
         return flat
+
+    def declared_feature_range(self) -> FeatureRange | None:
+        """The scenario's ``feature-range`` for a data file (``None`` when not declared)."""
+        return parse_feature_range(self.feature_range, key="feature-range")
 
     def resolved_partition(self) -> str:
         """The partition spec with ``auto`` resolved for the data set."""

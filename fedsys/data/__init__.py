@@ -1,6 +1,6 @@
 """Data sets: built-in, user files, and their federated partitioning."""
 
-from fedsys.data.dataset import ArrayDataset, standardize
+from fedsys.data.dataset import ArrayDataset
 from fedsys.data.federated import (
     ClientData,
     central_test_data,
@@ -18,5 +18,4 @@ __all__ = [
     "holder_client_data",
     "load_file",
     "simulated_client_data",
-    "standardize",
 ]

@@ -3,9 +3,9 @@
 - ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped
   inside scikit-learn; returned as ``N x 1 x 8 x 8`` in [0, 1].
 - ``breast-cancer``: scikit-learn's Wisconsin diagnostic data (569 rows, 30 features,
-  2 classes); standardised later by each holder on its own data.
+  2 classes); each feature clipped to its documented range and mapped to [-1, 1].
 - ``synthetic:ALPHA,BETA``: the FedProx generator (Li et al., MLSys 2020, Sec. 5.1), one
-  device per client, naturally non-IID.
+  device per client, naturally non-IID; used as generated (no scaling), as in the paper.
 """
 
 from __future__ import annotations
@@ -13,10 +13,25 @@ from __future__ import annotations
 import numpy as np
 
 from fedsys.data.dataset import ArrayDataset
+from fedsys.data.scaling import FeatureBounds, scale
 from fedsys.errors import DataError
 
 SYNTHETIC_FEATURES = 60
 SYNTHETIC_CLASSES = 10
+DIGITS_PIXEL_MAX = 16.0  # the 8x8 images count 0..16 pixels per 4x4 block (public format)
+
+# Per-feature (min, max) as printed in the data set's own documentation (scikit-learn's
+# ``load_breast_cancer().DESCR``, "Summary Statistics", from the UCI WDBC description):
+# public constants, never computed from records at run time. They are rounded to about
+# three digits, so a few values fall just outside and are clipped by less than the rounding.
+BREAST_CANCER_RANGES: tuple[tuple[float, float], ...] = (
+    (6.981, 28.11), (9.71, 39.28), (43.79, 188.5), (143.5, 2501.0), (0.053, 0.163),
+    (0.019, 0.345), (0.0, 0.427), (0.0, 0.201), (0.106, 0.304), (0.05, 0.097),
+    (0.112, 2.873), (0.36, 4.885), (0.757, 21.98), (6.802, 542.2), (0.002, 0.031),
+    (0.002, 0.135), (0.0, 0.396), (0.0, 0.053), (0.008, 0.079), (0.001, 0.03),
+    (7.93, 36.04), (12.02, 49.54), (50.41, 251.2), (185.2, 4254.0), (0.071, 0.223),
+    (0.027, 1.058), (0.0, 1.252), (0.0, 0.291), (0.156, 0.664), (0.055, 0.208),
+)  # fmt: skip
 
 
 def load_digits() -> ArrayDataset:
@@ -24,16 +39,19 @@ def load_digits() -> ArrayDataset:
     from sklearn.datasets import load_digits as _load
 
     bunch = _load()
-    x = (bunch.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    x = (np.clip(bunch.data, 0.0, DIGITS_PIXEL_MAX) / DIGITS_PIXEL_MAX).reshape(-1, 1, 8, 8)
+    x = x.astype(np.float32)
     return ArrayDataset(x, bunch.target.astype(np.int64), num_classes=10)
 
 
 def load_breast_cancer() -> ArrayDataset:
-    """Scikit-learn's bundled breast-cancer table (unscaled)."""
+    """Scikit-learn's bundled breast-cancer table, scaled with its documented ranges."""
     from sklearn.datasets import load_breast_cancer as _load
 
     bunch = _load()
-    return ArrayDataset(bunch.data.astype(np.float32), bunch.target.astype(np.int64), 2)
+    raw = ArrayDataset(bunch.data.astype(np.float32), bunch.target.astype(np.int64), 2)
+    low, high = np.asarray(BREAST_CANCER_RANGES, dtype=np.float64).T
+    return scale(raw, FeatureBounds(low, high))
 
 
 def parse_synthetic(spec: str) -> tuple[float, float]:

@@ -48,17 +48,3 @@ class ArrayDataset:
         order = rng.permutation(len(self))
         n_test = min(max(1, round(len(self) * test_fraction)), len(self) - 1)
         return self.subset(order[n_test:]), self.subset(order[:n_test])
-
-
-def standardize(train: ArrayDataset, *others: ArrayDataset) -> list[ArrayDataset]:
-    """Fit per-feature mean/std on ``train`` only and apply it to ``train`` and ``others``.
-
-    Used for tabular data: each data holder standardises with its own statistics, so no
-    statistic of one holder's data reaches another.
-    """
-    mean = train.x.mean(axis=0, keepdims=True)
-    std = train.x.std(axis=0, keepdims=True)
-    std = np.where(std > 1e-12, std, 1.0)
-    return [
-        ArrayDataset(((d.x - mean) / std).astype(np.float32), d.y, d.num_classes) for d in (train, *others)
-    ]

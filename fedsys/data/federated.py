@@ -4,6 +4,10 @@ In simulation every virtual client derives its partition from the same scenario 
 partition spec, seed), so no data travels and nothing is held for clients not sampled: the
 full data set and partitioner are cached once per worker process; a partition is sliced
 only when its client is sampled. In deployment a client reads its own file.
+
+Features are scaled with public ranges only (:mod:`fedsys.data.scaling`): the built-in
+data sets' documented ranges, or the range a data file's holder declares. Nothing is
+fitted to the rows, so no statistic of a holder's data shapes training or leaves it.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsys.config import RunConfig
+from fedsys.config import FeatureRange, RunConfig
 from fedsys.data.builtin import (
     load_breast_cancer,
     load_digits,
     parse_synthetic,
     synthetic_device,
 )
-from fedsys.data.dataset import ArrayDataset, standardize
+from fedsys.data.dataset import ArrayDataset
 from fedsys.data.files import load_file
 from fedsys.data.partition import make_partitioner, partition_indices
+from fedsys.data.scaling import declared_bounds, scale
 from fedsys.errors import ConfigError, DataError
 
 LOCAL_TEST_FRACTION = 0.2
@@ -38,35 +43,62 @@ class ClientData:
     test: ArrayDataset
 
 
-def load_source(dataset: str, *, label_column: str = "label") -> ArrayDataset:
-    """Load a whole built-in data set or file (not for ``synthetic``)."""
+def load_source(
+    dataset: str, *, label_column: str = "label", feature_range: FeatureRange | None = None
+) -> ArrayDataset:
+    """Load a whole built-in data set or file (not for ``synthetic``), scaled.
+
+    Raises:
+        ConfigError: a data file without a declared ``feature_range``.
+    """
     if dataset == "digits":
         return load_digits()
     if dataset == "breast-cancer":
         return load_breast_cancer()
     if dataset.startswith("synthetic"):
         raise ConfigError("synthetic data is generated per client; it has no whole data set")
-    return load_file(Path(dataset), label_column=label_column)
+    return load_scaled_file(Path(dataset), label_column=label_column, feature_range=feature_range)
 
 
-def _is_tabular(data: ArrayDataset) -> bool:
-    return data.x.ndim == 2
+def load_scaled_file(
+    path: Path, *, label_column: str, feature_range: FeatureRange | None, num_classes: int = 0
+) -> ArrayDataset:
+    """A data file, clipped to its declared public range and mapped to [-1, 1].
+
+    Raises:
+        ConfigError: no range is declared (``none`` must be said explicitly).
+        DataError: the file or the range table cannot be read, or they do not match.
+    """
+    columns, bounds = declared_bounds(feature_range) if feature_range else ([], None)
+    data = load_file(path, label_column=label_column, feature_columns=columns, num_classes=num_classes)
+    if feature_range is None:
+        raise ConfigError(
+            f"no feature-range declared for {path}: give the public range of its values "
+            '("LO,HI", or a .csv table of column,low,high), or "none" to use them as given'
+        )
+    return scale(data, bounds)
 
 
 @lru_cache(maxsize=4)
 def _pool_and_central(
-    dataset: str, label_column: str, seed: int, test_fraction: float
+    dataset: str, label_column: str, feature_range: FeatureRange | None, seed: int, test_fraction: float
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    full = load_source(dataset, label_column=label_column)
+    full = load_source(dataset, label_column=label_column, feature_range=feature_range)
     pool, central = full.split(test_fraction, np.random.default_rng([seed, 1]))
     return pool, central
 
 
 @lru_cache(maxsize=4)
 def _partitioner(
-    dataset: str, label_column: str, seed: int, test_fraction: float, spec: str, num_partitions: int
+    dataset: str,
+    label_column: str,
+    feature_range: FeatureRange | None,
+    seed: int,
+    test_fraction: float,
+    spec: str,
+    num_partitions: int,
 ) -> object:
-    pool, _ = _pool_and_central(dataset, label_column, seed, test_fraction)
+    pool, _ = _pool_and_central(dataset, label_column, feature_range, seed, test_fraction)
     return make_partitioner(spec, num_partitions=num_partitions, labels=pool.y, seed=seed)
 
 
@@ -86,17 +118,38 @@ def simulated_client_data(config: RunConfig, *, partition_id: int, num_partition
     else:
         if spec == "natural":
             raise ConfigError(f"partition 'natural' applies only to synthetic data, not {config.dataset!r}")
-        pool, _ = _pool_and_central(config.dataset, config.label_column, config.seed, config.test_fraction)
-        part = _partitioner(
-            config.dataset, config.label_column, config.seed, config.test_fraction, spec, num_partitions
-        )
+        pool, _ = _pool_and_central(*_source_key(config))
+        part = _partitioner(*_source_key(config), spec, num_partitions)
         local = pool.subset(partition_indices(part, partition_id))
     return _split_local(local, rng)
 
 
-def holder_client_data(path: Path, *, label_column: str, num_classes: int, seed: int = 0) -> ClientData:
-    """A real data holder's local data from its own file."""
-    local = load_file(path, label_column=label_column, num_classes=num_classes)
+def _source_key(config: RunConfig) -> tuple[str, str, FeatureRange | None, int, float]:
+    return (
+        config.dataset,
+        config.label_column,
+        config.declared_feature_range(),
+        config.seed,
+        config.test_fraction,
+    )
+
+
+def holder_client_data(
+    path: Path,
+    *,
+    label_column: str,
+    num_classes: int,
+    feature_range: FeatureRange | None,
+    seed: int = 0,
+) -> ClientData:
+    """A real data holder's local data from its own file, scaled with its own declared range.
+
+    Raises:
+        ConfigError: the holder declared no ``feature-range``.
+    """
+    local = load_scaled_file(
+        path, label_column=label_column, feature_range=feature_range, num_classes=num_classes
+    )
     return _split_local(local, np.random.default_rng([seed, 3]))
 
 
@@ -104,8 +157,6 @@ def _split_local(local: ArrayDataset, rng: np.random.Generator) -> ClientData:
     if len(local) < 2:
         raise DataError(f"a client's partition holds {len(local)} example(s); it needs at least 2")
     train, test = local.split(LOCAL_TEST_FRACTION, rng)
-    if _is_tabular(train):
-        train, test = standardize(train, test)
     return ClientData(train=train, test=test)
 
 
@@ -123,8 +174,8 @@ def central_test_data(config: RunConfig) -> ArrayDataset:
             devices[0].num_classes,
         )
     else:
-        _, data = _pool_and_central(config.dataset, config.label_column, config.seed, config.test_fraction)
-    return standardize(data)[0] if _is_tabular(data) else data
+        _, data = _pool_and_central(*_source_key(config))
+    return data
 
 
 def data_signature(config: RunConfig) -> tuple[tuple[int, ...], int]:
