@@ -1,11 +1,16 @@
 """TLS certificates and SuperNode authentication keys for a deployment.
 
-Layout of a certificate directory (what ``fedsys certs init`` and ``fedsys certs node`` write)::
+Layout of a certificate directory (what ``fedsys certs init`` and ``fedsys certs allow`` write)::
 
-    ca.crt  ca.key              the federation's own CA (ca.key stays with the operator, offline)
+    ca.crt                      the federation's own CA certificate (every data holder gets it)
     server.crt  server.key      the SuperLink's TLS identity, signed by the CA
     authorized-nodes            allowlist: one OpenSSH public key per line, comment = node name
-    nodes/NAME.key  NAME.pub    a node's authentication key pair (NAME.key goes to that node only)
+    nodes/NAME.key  NAME.pub    trials only (``certs node``): a key pair made on the operator's host
+
+The CA's private key goes to a separate CA directory (``--ca-dir``, default ``DIR-ca`` beside
+DIR: ``ca.key`` and a copy of ``ca.crt``), meant to be moved offline; ``fedsys server start``
+refuses to run while ``ca.key`` is in DIR. A data holder makes its own key pair
+(``fedsys certs keygen``) and sends only the ``.pub`` to the operator.
 
 Assumptions: keys come from ``cryptography`` (the OS CSPRNG). Certificates and node keys are
 ECDSA P-384 with SHA-384 signatures; node keys are in OpenSSH format, which is what
@@ -54,7 +59,7 @@ class CertPaths:
 
     @property
     def ca_key(self) -> Path:
-        """The CA private key (keep offline)."""
+        """The CA private key (only in a CA directory, kept offline; never beside server.key)."""
         return self.directory / CA_KEY
 
     @property
@@ -94,10 +99,16 @@ class AllowedNode:
         return f"{self.public_key} {self.name}"
 
 
+def default_ca_dir(directory: Path) -> Path:
+    """Where ``certs init`` puts the CA key unless told otherwise: ``DIR-ca`` beside ``DIR``."""
+    return directory.parent / f"{directory.name}-ca"
+
+
 def init_certs(
     directory: Path,
     *,
     server_host: str,
+    ca_dir: Path | None = None,
     server_ips: Sequence[str] = (),
     loopback: bool = True,
     valid_days: int = 365,
@@ -106,18 +117,24 @@ def init_certs(
     """Create a CA and a SuperLink certificate signed by it.
 
     Args:
-        directory: where to write ca.crt/ca.key/server.crt/server.key (created if missing).
+        directory: where to write ca.crt/server.crt/server.key (what the server uses).
         server_host: DNS name (or IP) nodes use to reach the SuperLink.
         server_ips: further IP addresses to put in the certificate.
         loopback: also cover localhost/127.0.0.1/::1 (the ServerApp reaches the SuperLink there).
         valid_days: lifetime of both certificates.
+        ca_dir: where to write ca.key (0600, directory 0700) and a copy of ca.crt; must differ
+            from ``directory``; default :func:`default_ca_dir`. Move it offline afterwards.
         force: replace existing files.
 
     Raises:
-        DeploymentError: a file exists and ``force`` is false, or a name/IP is invalid.
+        DeploymentError: a file exists and ``force`` is false, a name/IP is invalid, or
+            ``ca_dir`` is ``directory``.
     """
     paths = CertPaths(directory)
-    _ensure_free([paths.ca_cert, paths.ca_key, paths.server_cert, paths.server_key], force=force)
+    ca = CertPaths(ca_dir if ca_dir is not None else default_ca_dir(directory))
+    if ca.directory.resolve() == directory.resolve():
+        raise DeploymentError(f"--ca-dir must not be the server's certificate directory, got {ca.directory}")
+    _ensure_free([paths.ca_cert, ca.ca_key, ca.ca_cert, paths.server_cert, paths.server_key], force=force)
     now = dt.datetime.now(dt.UTC)
     ca_key, ca_cert = make_ca(f"fedsys CA for {server_host}", not_before=now, valid_days=valid_days)
     names, ips = server_names(server_host, server_ips, loopback=loopback)
@@ -125,7 +142,10 @@ def init_certs(
         ca_key, ca_cert, names=names, ips=ips, not_before=now, valid_days=valid_days
     )
     directory.mkdir(parents=True, exist_ok=True)
-    write_private(paths.ca_key, private_pem(ca_key), force=force)
+    ca.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca.directory.chmod(0o700)
+    write_private(ca.ca_key, private_pem(ca_key), force=force)
+    write_public(ca.ca_cert, cert_pem(ca_cert), force=force)
     write_public(paths.ca_cert, cert_pem(ca_cert), force=force)
     write_private(paths.server_key, private_pem(key), force=force)
     write_public(paths.server_cert, cert_pem(cert), force=force)
@@ -208,26 +228,45 @@ def load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certifica
     return key, cert
 
 
-def create_node_key(directory: Path, name: str, *, force: bool = False) -> NodeKey:
-    """Create ``nodes/NAME.key`` (OpenSSH, 0600) and ``nodes/NAME.pub`` and allowlist the key.
+def generate_node_key(private_key: Path, *, name: str, force: bool = False) -> NodeKey:
+    """Create a node's key pair where the node runs: ``KEY`` (OpenSSH, 0600) and ``KEY.pub``.
+
+    This is the data holder's side of ``fedsys certs keygen``: the private key never leaves
+    the holder's machine; only ``KEY.pub`` goes to the operator (``fedsys certs allow``).
 
     Raises:
-        DeploymentError: the name is invalid, or a file/allowlist entry exists without ``force``.
+        DeploymentError: the name is invalid, or a file exists without ``force``.
     """
     _check_name(name)
-    node = NodeKey(name, directory / NODES_DIR / f"{name}.key", directory / NODES_DIR / f"{name}.pub")
+    node = NodeKey(name, private_key, private_key.with_name(private_key.name + ".pub"))
+    if private_key.suffix == ".key":
+        node = NodeKey(name, private_key, private_key.with_suffix(".pub"))
     _ensure_free([node.private_key, node.public_key], force=force)
-    if not force and any(entry.name == name for entry in read_allowlist(directory)):
-        raise DeploymentError(f"{CertPaths(directory).allowlist} already lists node {name!r} (use --force)")
     key = ec.generate_private_key(_CURVE)
-    public = openssh_public(key.public_key())
     node.private_key.parent.mkdir(parents=True, exist_ok=True)
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
     write_private(node.private_key, private, force=force)
-    write_public(node.public_key, f"{public} {name}\n".encode(), force=force)
-    authorize_node(directory, name, public, force=True)
+    write_public(node.public_key, f"{openssh_public(key.public_key())} {name}\n".encode(), force=force)
+    return node
+
+
+def create_node_key(directory: Path, name: str, *, force: bool = False) -> NodeKey:
+    """Trials only: create ``nodes/NAME.key``/``NAME.pub`` on the operator's machine and allowlist it.
+
+    A real data holder runs :func:`generate_node_key` itself and sends only the public key.
+
+    Raises:
+        DeploymentError: the name is invalid, or a file/allowlist entry exists without ``force``.
+    """
+    _check_name(name)
+    nodes = directory / NODES_DIR
+    _ensure_free([nodes / f"{name}.key", nodes / f"{name}.pub"], force=force)
+    if not force and any(entry.name == name for entry in read_allowlist(directory)):
+        raise DeploymentError(f"{CertPaths(directory).allowlist} already lists node {name!r} (use --force)")
+    node = generate_node_key(directory / NODES_DIR / f"{name}.key", name=name, force=force)
+    authorize_node(directory, name, node.public_key.read_text(encoding="utf-8"), force=True)
     return node
 
 

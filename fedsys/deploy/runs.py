@@ -5,6 +5,11 @@ declares every :class:`RunConfig` key (see :mod:`fedsys.deploy.app`), so the who
 scenario travels as one TOML overrides file. The ServerApp runs on the SuperLink host and
 writes the run directory there (``out-dir``); ``--resume`` sets ``resume-from`` so the
 coordinator continues from that directory's checkpoint.
+
+Both paths must lie inside the server's ``STATE/runs``: ``fedsys server run`` checks before
+submitting, and the ServerApp checks again (:func:`confined_run_dir`) against the root the
+operator's app gate passes in ``FEDSYS_RUNS_ROOT``, so no run config can make the
+operator's host write or read a run directory anywhere else.
 """
 
 from __future__ import annotations
@@ -68,6 +73,35 @@ def deployment_config(config: RunConfig, *, run_dir: Path, resume: bool) -> RunC
     return config.replace({"out-dir": str(run_dir), "resume-from": str(run_dir) if resume else ""})
 
 
+def confined_run_dir(config: RunConfig, *, runs_root: Path, run_id: int) -> Path:
+    """The run directory of a deployed run; ``out-dir`` and ``resume-from`` must be inside ``runs_root``.
+
+    Relative paths count from ``runs_root``; symbolic links are resolved before the check.
+
+    Raises:
+        ConfigError: either path resolves to ``runs_root`` itself or outside it.
+    """
+    root = runs_root.resolve()
+    for key, value in (("out-dir", config.out_dir), ("resume-from", config.resume_from)):
+        if value:
+            inside_runs(root, key, value)
+    return inside_runs(root, "out-dir", config.resume_from or config.out_dir or f"run-{run_id}")
+
+
+def inside_runs(root: Path, key: str, value: str) -> Path:
+    """``value`` resolved against ``root``, if it names a directory strictly inside it.
+
+    Raises:
+        ConfigError: it does not.
+    """
+    resolved = (root / Path(value).expanduser()).resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise ConfigError(
+            f"{key} must be a directory inside the server's runs directory {root}, got {value!r}"
+        )
+    return resolved
+
+
 def submit_run(
     config: RunConfig, *, state: Path, sink: Sink, app_dir: Path | None = None, follow: bool = True
 ) -> RunResult:
@@ -88,6 +122,7 @@ def submit_run(
         raise DeploymentError(
             f"no SuperLink connection in {state}; start one with `fedsys server start --state {state}`"
         )
+    confined_run_dir(config, runs_root=layout.runs_dir, run_id=0)  # the ServerApp checks again
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedsys-run-") as tmp:
         app = app_dir or _staged(Path(tmp) / "app", sink)

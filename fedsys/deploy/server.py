@@ -10,14 +10,21 @@ A state directory holds everything the SuperLink keeps between restarts::
     STATE/runs/             default run directories (metrics, checkpoints, final model)
     STATE/superexec.secret  shared secret of the SuperLink and its app gate (0600, per start)
 
-The SuperLink runs with ``--isolation process``; the operator's app gate
-(``python -m server.daemon``, :mod:`fedsys.deploy.server_gate`) is its only executor and
-starts ServerApps for approved FAB hashes only.
+The state directory and everything in it is owner-only (directories 0700, files 0600: the
+database holds model updates in flight). The SuperLink itself listens on 127.0.0.1 only
+(``--local-port``); the public ``--address`` is served by the Fleet-only proxy
+(``python -m server.proxy``, :mod:`fedsys.deploy.fleet_proxy`), so the Control and Runtime
+APIs are reachable from the operator's host only. The SuperLink runs with
+``--isolation process``; the operator's app gate (``python -m server.daemon``,
+:mod:`fedsys.deploy.server_gate`) is its only executor and starts ServerApps for approved
+FAB hashes only, with run directories confined to ``STATE/runs`` (``FEDSYS_RUNS_ROOT``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -36,6 +43,8 @@ from fedsys.errors import DeploymentError
 
 CONNECTION = "fedsys"
 DEFAULT_ADDRESS = "127.0.0.1:9093"
+LOOPBACK = "127.0.0.1"
+RUNS_ROOT_ENV = "FEDSYS_RUNS_ROOT"  # tells the ServerApp where run directories may be
 _ALREADY_REGISTERED = "Public key already in use"
 
 
@@ -86,6 +95,18 @@ class ServerOptions:
     address: str = DEFAULT_ADDRESS
     insecure: bool = False
     ready_timeout: float = 60.0
+    local_port: int = 0  # loopback port of the SuperLink (Control, Runtime API); 0: any free one
+
+    @property
+    def local_address(self) -> str:
+        """Where the SuperLink itself listens: loopback only.
+
+        Raises:
+            DeploymentError: no local port was chosen yet.
+        """
+        if not 0 < self.local_port < 65536:
+            raise DeploymentError(f"the SuperLink's loopback port must be in 1..65535, got {self.local_port}")
+        return f"{LOOPBACK}:{self.local_port}"
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -119,9 +140,8 @@ def write_connection(layout: ServerLayout, *, address: str, ca_cert: Path | None
 
 
 def superlink_argv(options: ServerOptions, layout: ServerLayout) -> list[str]:
-    """The ``flower-superlink`` command line for ``options``."""
-    host, port = parse_address(options.address)
-    argv = [executable("flower-superlink"), "--host", host, "--port", str(port)]
+    """The ``flower-superlink`` command line for ``options`` (bound to loopback only)."""
+    argv = [executable("flower-superlink"), "--host", LOOPBACK, "--port", str(options.local_port)]
     argv += ["--database", str(layout.database), "--isolation", "process"]
     argv += ["--superexec-auth-secret-file", str(layout.secret_file)]
     argv += ["--disable-runtime-dependency-installation"]
@@ -135,7 +155,7 @@ def superlink_argv(options: ServerOptions, layout: ServerLayout) -> list[str]:
 
 def gate_argv(options: ServerOptions, layout: ServerLayout) -> list[str]:
     """The operator's app gate command line."""
-    argv = [sys.executable, "-m", "server.daemon", "--runtime-api-address", control_address(options.address)]
+    argv = [sys.executable, "-m", "server.daemon", "--runtime-api-address", options.local_address]
     if options.insecure:
         argv.append("--insecure")
     else:
@@ -146,22 +166,77 @@ def gate_argv(options: ServerOptions, layout: ServerLayout) -> list[str]:
     return argv
 
 
+def proxy_argv(options: ServerOptions) -> list[str]:
+    """The public Fleet-only proxy's command line (``options.address`` -> the loopback SuperLink)."""
+    argv = [sys.executable, "-m", "server.proxy", "--listen", options.address]
+    argv += ["--upstream", options.local_address]
+    if options.insecure:
+        return [*argv, "--insecure"]
+    paths = _cert_paths(options.certs)
+    argv += ["--certfile", str(paths.server_cert), "--keyfile", str(paths.server_key)]
+    return [*argv, "--ca-certfile", str(paths.ca_cert)]
+
+
 def start_server(options: ServerOptions, sink: Sink) -> int:
-    """Run the SuperLink and its app gate in the foreground until SIGTERM/SIGINT.
+    """Run the loopback SuperLink, its app gate and the public Fleet proxy until SIGTERM/SIGINT.
+
+    Everything this creates (and the SuperLink and ServerApps it starts) is owner-only: the
+    process runs with umask 077 and the state directory is set to 0700.
 
     Raises:
-        DeploymentError: no approved app, certificates missing, or the SuperLink did not start.
+        DeploymentError: no approved app, certificates missing, the CA key lies beside the
+            server's certificates, or the SuperLink did not start.
     """
     if not options.approved:
         raise DeploymentError("no approved app: pass --approve FAB_HASH")
+    if not options.insecure:
+        refuse_ca_key(_cert_paths(options.certs))
+    previous_umask = os.umask(0o077)
+    try:
+        return _serve(_with_local_port(options), sink)
+    finally:
+        os.umask(previous_umask)
+
+
+def refuse_ca_key(paths: CertPaths) -> None:
+    """Fail if the CA's private key sits in the directory the SuperLink serves from.
+
+    Whoever takes over the internet-facing host must not also get the key that every data
+    holder trusts to vouch for the server (it could mint a certificate for any name).
+
+    Raises:
+        DeploymentError: ``ca.key`` is in the certificate directory.
+    """
+    if paths.ca_key.exists():
+        raise DeploymentError(
+            f"{paths.ca_key} must not be on the server: move it offline (e.g. "
+            f"`mv {paths.ca_key} /media/offline-ca/`); the server needs only "
+            f"{paths.ca_cert.name}, server.crt and server.key (see `fedsys certs init --ca-dir`)"
+        )
+
+
+def _with_local_port(options: ServerOptions) -> ServerOptions:
+    local_port = options.local_port or free_loopback_port()
+    if local_port == parse_address(options.address)[1]:
+        raise DeploymentError(f"--local-port {local_port} must differ from the port of --address")
+    return dataclasses.replace(options, local_port=local_port)
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(options: ServerOptions, sink: Sink) -> int:
     layout = ServerLayout(options.state.resolve())
     nodes = [] if options.insecure else read_allowlist(_cert_paths(options.certs).directory)
-    for path in (layout.state, layout.runs_dir):
-        path.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(layout)
     ca = None if options.insecure else _cert_paths(options.certs).ca_cert
-    write_connection(layout, address=options.address, ca_cert=ca)
+    write_connection(layout, address=options.local_address, ca_cert=ca)
     write_private(layout.secret_file, secrets.token_bytes(32), force=True)
-    env = flower_env(layout.flwr_home)
+    env = flower_env(layout.flwr_home, {RUNS_ROOT_ENV: str(layout.runs_dir)})
     with Supervisor(layout.log_file, sink) as supervisor:
         if options.insecure:
             supervisor.emit(
@@ -170,15 +245,44 @@ def start_server(options: ServerOptions, sink: Sink) -> int:
                 "reach the port can join or submit runs. Use only for local trials.",
             )
         child = supervisor.start("superlink", superlink_argv(options, layout), env)
-        wait_for_port(options.address, options.ready_timeout, alive=lambda: child.process.poll() is None)
+        alive = lambda: child.process.poll() is None  # noqa: E731
+        wait_for_port(options.local_address, options.ready_timeout, alive=alive)
+        make_private_files(layout)
         supervisor.start("gate", gate_argv(options, layout), env)
+        proxy = supervisor.start("proxy", proxy_argv(options), env)
+        wait_for_port(options.address, options.ready_timeout, alive=lambda: proxy.process.poll() is None)
         if not options.insecure:
             if not nodes:
                 supervisor.emit("fedsys", "WARNING: the allowlist is empty; no SuperNode can connect")
             register_nodes(layout, nodes, lambda text: supervisor.emit("fedsys", text))
         supervisor.emit("fedsys", f"approved app FAB hashes: {', '.join(options.approved)}")
-        supervisor.emit("fedsys", f"SuperLink ready on {options.address} (state in {layout.state})")
+        supervisor.emit(
+            "fedsys",
+            f"Control and Runtime APIs on {options.local_address} (loopback only; flwr connection "
+            f"{CONNECTION!r} in {layout.flwr_home})",
+        )
+        supervisor.emit(
+            "fedsys", f"SuperLink ready on {options.address}: Fleet API only (state in {layout.state})"
+        )
         return supervisor.run_until_exit()
+
+
+def make_private_dirs(layout: ServerLayout) -> None:
+    """Create the state and runs directories owner-only (0700), tightening existing ones."""
+    for path in (layout.state, layout.runs_dir, layout.flwr_home):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.chmod(0o700)
+
+
+def make_private_files(layout: ServerLayout) -> None:
+    """Set the database (and SQLite's side files) and the log to 0600, e.g. after an upgrade."""
+    database = layout.database
+    side_files = [database.with_name(database.name + suffix) for suffix in ("-wal", "-shm")]
+    for path in (database, *side_files):
+        if path.exists():
+            path.chmod(0o600)
+    if layout.log_file.exists():
+        layout.log_file.chmod(0o600)
 
 
 def wait_for_port(address: str, timeout: float, *, alive: Any = None) -> None:

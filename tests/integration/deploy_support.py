@@ -23,7 +23,9 @@ import pandas as pd
 import tomli_w
 from sklearn.datasets import load_breast_cancer
 
+from fedsys.data.builtin import BREAST_CANCER_RANGES
 from fedsys.deploy.certs import create_node_key, init_certs
+from fedsys.privacy.ledger import PrivacyLedger
 
 FEDSYS = str(Path(sys.executable).parent / "fedsys")
 MARKER = 987654.123456789  # planted in one data holder's CSV; must never reach the server
@@ -142,7 +144,15 @@ def write_holder_csvs(directory: Path, parts: int = 3) -> list[Path]:
         frame.to_csv(path, index=False, float_format="%.15g")
         paths.append(path)
     assert MARKER_TEXT in paths[0].read_text()
+    write_range_table(directory / "ranges.csv")
     return paths
+
+
+def write_range_table(path: Path) -> Path:
+    """The holders' declared public feature ranges (breast cancer's documented min/max)."""
+    rows = [f"f{j},{low!r},{high!r}" for j, (low, high) in enumerate(BREAST_CANCER_RANGES)]
+    path.write_text("column,low,high\n" + "\n".join(rows) + "\n")
+    return path
 
 
 def marker_patterns() -> list[bytes]:
@@ -166,7 +176,8 @@ def scenario(*, secagg: bool, rounds: int = 2, min_clients: int = 3, **extra: ob
         "feature-shape": "30",
         "num-classes": 2,
         "model": "logreg",
-        "train": {"lr": 0.5, "batch-size": 32, "momentum": 0.0, "local-epochs": 1},
+        # lr for features in [-1, 1] (declared ranges); 0.5 suited per-holder standardisation
+        "train": {"lr": 1.0, "batch-size": 32, "momentum": 0.0, "local-epochs": 1},
         "dp": {"enabled": True, "noise-multiplier": 1.0, "max-grad-norm": 1.0},
         "secagg": {"enabled": secagg, "stage-timeout": 120.0},
         "sampling": {"min-clients": min_clients, "round-timeout": 120.0},
@@ -241,6 +252,8 @@ class Cluster:
             str(self.data[name]),
             "--label-column",
             "y",
+            "--feature-range",
+            str(self.data[name].parent / "ranges.csv"),  # written by write_holder_csvs
             "--num-classes",
             "2",
             "--max-epsilon",
@@ -255,6 +268,10 @@ class Cluster:
             approve,
             *extra,
         ]
+        ledger = home / "ledger.sqlite"
+        if not ledger.exists():  # a data holder creates its ledger once (`fedsys ledger init`)
+            home.mkdir(parents=True, exist_ok=True)
+            PrivacyLedger.init(ledger)
         proc = spawn(name, argv, self.root / "logs" / f"{name}.log", self.root)
         self.nodes[name] = proc
         return proc
@@ -269,16 +286,24 @@ class Cluster:
         if resume:
             argv += ["--resume", str(out)]
         else:
-            path = out.with_suffix(".toml")
-            path.write_text(tomli_w.dumps(config))
-            argv += [str(path), "--out", str(out)]
+            argv += [str(self._scenario_file(config, out)), "--out", str(out)]
         return subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=self.root
         )
 
-    def start_run(self, config: dict[str, object], out: Path, *, app: Path) -> Proc:
-        path = out.with_suffix(".toml")
+    def _scenario_file(self, config: dict[str, object], out: Path) -> Path:
+        """The scenario TOML, kept out of the server's runs directory (which only the server writes)."""
+        path = self.root / "scenarios" / f"{out.name}.toml"
+        path.parent.mkdir(exist_ok=True)
         path.write_text(tomli_w.dumps(config))
+        return path
+
+    def runs(self, name: str) -> Path:
+        """A run directory inside the server's runs directory (the only place a run may write)."""
+        return self.state / "runs" / name
+
+    def start_run(self, config: dict[str, object], out: Path, *, app: Path) -> Proc:
+        path = self._scenario_file(config, out)
         argv = [
             FEDSYS,
             "server",

@@ -11,9 +11,18 @@ from pathlib import Path
 import pytest
 from deploy_support import FEDSYS, Cluster, Proc, child_env, free_port, spawn
 
-from fedsys.deploy.certs import cert_pem, init_certs, issue_server_cert, load_ca, private_pem, write_private
+from fedsys.deploy.certs import (
+    cert_pem,
+    default_ca_dir,
+    init_certs,
+    issue_server_cert,
+    load_ca,
+    private_pem,
+    write_private,
+)
 from fedsys.deploy.process import executable
 from fedsys.deploy.server import ServerLayout, ServerOptions, superlink_argv
+from fedsys.privacy.ledger import PrivacyLedger
 
 pytestmark = pytest.mark.integration
 APPROVE = "0" * 64  # these nodes never get a run; any well-formed hash will do
@@ -57,6 +66,8 @@ def _client(
         str(cluster.data["member"]),
         "--label-column",
         "y",
+        "--feature-range",
+        "0,20",
         "--max-epsilon",
         "1",
         "--ledger",
@@ -68,6 +79,8 @@ def _client(
         "--max-wait-time",
         "20",
     ]
+    if not (home / "ledger.sqlite").exists():  # a holder creates its ledger once (`fedsys ledger init`)
+        PrivacyLedger.init(home / "ledger.sqlite")
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=120, env=child_env(), cwd=cluster.root
     )
@@ -75,8 +88,8 @@ def _client(
 
 def _raw_superlink(root: Path, certs: Path) -> tuple[Proc, str]:
     """A bare TLS SuperLink (no node registration, which would itself fail TLS here)."""
-    address = f"127.0.0.1:{free_port()}"
-    options = ServerOptions(certs=certs, state=root / "state", address=address)
+    options = ServerOptions(certs=certs, state=root / "state", local_port=free_port())
+    address = options.local_address
     layout = ServerLayout(options.state)
     layout.state.mkdir(parents=True, exist_ok=True)
     layout.secret_file.write_bytes(b"s" * 32)
@@ -89,9 +102,8 @@ def _raw_superlink(root: Path, certs: Path) -> tuple[Proc, str]:
 def _with_server_cert(directory: Path, source: Path, **issue: object) -> Path:
     """A copy of ``source``'s CA with a new server certificate."""
     directory.mkdir()
-    for name in ("ca.crt", "ca.key"):
-        (directory / name).write_bytes((source / name).read_bytes())
-    ca_key, ca_cert = load_ca(directory)
+    (directory / "ca.crt").write_bytes((source / "ca.crt").read_bytes())
+    ca_key, ca_cert = load_ca(default_ca_dir(source))
     key, cert = issue_server_cert(ca_key, ca_cert, **issue)  # type: ignore[arg-type]
     write_private(directory / "server.key", private_pem(key))
     (directory / "server.crt").write_bytes(cert_pem(cert))
@@ -99,6 +111,7 @@ def _with_server_cert(directory: Path, source: Path, **issue: object) -> Path:
 
 
 def test_an_allowlisted_node_connects(link):
+    PrivacyLedger.init(link.root / "member" / "ledger.sqlite")
     proc = spawn(
         "member",
         [
@@ -115,6 +128,8 @@ def test_an_allowlisted_node_connects(link):
             str(link.data["member"]),
             "--label-column",
             "y",
+            "--feature-range",
+            "0,20",
             "--max-epsilon",
             "1",
             "--ledger",

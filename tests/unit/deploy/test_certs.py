@@ -11,11 +11,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from fedsys.deploy.certs import (
+    CertPaths,
     authorize_node,
+    cert_pem,
     create_node_key,
+    default_ca_dir,
+    generate_node_key,
     init_certs,
     issue_server_cert,
     load_ca,
+    openssh_public,
     read_allowlist,
 )
 from fedsys.errors import DeploymentError
@@ -67,22 +72,56 @@ def test_ca_may_only_sign_leaf_certificates(tmp_path):
 def test_private_keys_are_owner_only_and_certificates_public(tmp_path):
     paths = init_certs(tmp_path, server_host="h")
     node = create_node_key(tmp_path, "site-1")
+    ca = CertPaths(default_ca_dir(tmp_path))
 
-    for secret in (paths.ca_key, paths.server_key, node.private_key):
+    assert stat.S_IMODE(ca.directory.stat().st_mode) == 0o700
+    for secret in (ca.ca_key, paths.server_key, node.private_key):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     for public in (paths.ca_cert, paths.server_cert, node.public_key, paths.allowlist):
         assert stat.S_IMODE(public.stat().st_mode) == 0o644
 
 
 def test_nothing_is_overwritten_without_force(tmp_path):
-    paths = init_certs(tmp_path, server_host="h")
-    before = paths.ca_key.read_bytes()
+    init_certs(tmp_path, server_host="h")
+    ca_key = CertPaths(default_ca_dir(tmp_path)).ca_key
+    before = ca_key.read_bytes()
 
     with pytest.raises(DeploymentError, match="ca.crt already exists"):
         init_certs(tmp_path, server_host="h")
-    assert paths.ca_key.read_bytes() == before
+    assert ca_key.read_bytes() == before
     init_certs(tmp_path, server_host="h", force=True)
-    assert paths.ca_key.read_bytes() != before
+    assert ca_key.read_bytes() != before
+
+
+def test_the_ca_key_is_written_apart_from_what_the_server_uses(tmp_path):
+    paths = init_certs(tmp_path / "certs", server_host="h", ca_dir=tmp_path / "offline")
+
+    assert sorted(p.name for p in paths.directory.iterdir()) == ["ca.crt", "server.crt", "server.key"]
+    assert sorted(p.name for p in (tmp_path / "offline").iterdir()) == ["ca.crt", "ca.key"]
+    _, ca_cert = load_ca(tmp_path / "offline")
+    assert cert_pem(ca_cert) == paths.ca_cert.read_bytes()
+
+
+def test_the_ca_dir_must_differ_from_the_certificate_directory(tmp_path):
+    with pytest.raises(DeploymentError, match="--ca-dir must not be the server's certificate directory"):
+        init_certs(tmp_path, server_host="h", ca_dir=tmp_path / ".")
+
+
+def test_a_holder_generates_its_key_and_the_operator_allows_only_the_public_half(tmp_path):
+    holder = generate_node_key(tmp_path / "holder" / "node.key", name="site-1")
+    operator = init_certs(tmp_path / "certs", server_host="h")
+
+    authorize_node(operator.directory, "site-1", holder.public_key.read_text())
+
+    assert holder.public_key == tmp_path / "holder" / "node.pub"
+    assert stat.S_IMODE(holder.private_key.stat().st_mode) == 0o600
+    key = serialization.load_ssh_private_key(holder.private_key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    [entry] = read_allowlist(operator.directory)
+    assert (entry.name, entry.public_key) == ("site-1", openssh_public(key.public_key()))
+    assert not any(p.suffix == ".key" and p.name != "server.key" for p in operator.directory.rglob("*"))
+    with pytest.raises(DeploymentError, match="node.key already exists"):
+        generate_node_key(holder.private_key, name="site-1")
 
 
 def test_node_key_is_not_replaced_without_force(tmp_path):
@@ -141,7 +180,7 @@ def test_bad_ip_is_named(tmp_path):
 
 def test_an_expired_certificate_can_be_issued_for_tests(tmp_path):
     init_certs(tmp_path, server_host="h")
-    ca_key, ca_cert = load_ca(tmp_path)
+    ca_key, ca_cert = load_ca(default_ca_dir(tmp_path))
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
 
     _, cert = issue_server_cert(ca_key, ca_cert, names=["h"], ips=[], not_before=past, valid_days=1)
