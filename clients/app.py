@@ -16,12 +16,9 @@ def make_client_app(local: Mapping[str, Any] | None = None) -> ClientApp:
     own = dict(local or {})
     client = ClientApp()
 
-    @client.train()
-    def train(message: Message, context: Context) -> Message:
-        return handlers.train(message, context, own)
-
+    client.train()(_bind(handlers.private_errors(handlers.train), own))
     for action, handler in secure.HANDLERS.items():
-        client.train(action)(_bind(handler, own))
+        client.train(action)(_bind(handlers.private_errors(handler), own))
 
     return client
 

@@ -23,6 +23,8 @@ MASKED: Final = "masked"  # a client's masked vector (ArrayRecord with "masked-i
 
 STATUS_OK: Final = "ok"
 STATUS_BUDGET: Final = "budget-exhausted"
+STATUS_DECLINED: Final = "declined"  # the holder's policy refuses the request (reason says which)
+DECLINED: Final = frozenset({STATUS_BUDGET, STATUS_DECLINED})
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -49,6 +51,14 @@ def status_of(reply: Message) -> str:
     if STATUS in content.config_records:
         return str(content.config_records[STATUS].get("status", STATUS_OK))
     return STATUS_OK
+
+
+def reason_of(reply: Message) -> str:
+    """The reason a client gave with its status (empty when none)."""
+    content = reply.content
+    if STATUS in content.config_records:
+        return str(content.config_records[STATUS].get("reason", ""))[:500]
+    return ""
 
 
 def status_record(status: str, reason: str = "") -> ConfigRecord:

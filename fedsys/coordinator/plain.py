@@ -19,10 +19,11 @@ from fedsys.strategy import weighted_mean
 from fedsys.wire import (
     ARRAYS,
     CONFIG,
+    DECLINED,
     METRICS,
-    STATUS_BUDGET,
     STATUS_OK,
     metric,
+    reason_of,
     require_arrays,
     status_of,
     to_record,
@@ -87,7 +88,8 @@ def plain_round(
         if "epsilon" in metrics:
             outcome.epsilons[node] = metric(metrics, "epsilon")
         status = status_of(reply)
-        if status == STATUS_BUDGET:
+        if status in DECLINED:
+            log.warning("round %d: node %d declined: %s", rnd, node, reason_of(reply) or status)
             outcome.declined.append(node)
             continue
         try:
@@ -100,7 +102,8 @@ def plain_round(
             outcome.failed.append(node)
             continue
         deltas.append(delta)
-        counts.append(metric(metrics, "num-examples"))
+        # a holder that keeps its size private sends none: its update weighs as one example
+        counts.append(metric(metrics, "num-examples", 1.0))
         if "train-loss" in metrics:
             outcome.train_losses.append(metric(metrics, "train-loss"))
         outcome.succeeded.append(node)

@@ -37,7 +37,18 @@ from fedsys.secagg import (
     ShareKeysReply,
     UnmaskReply,
 )
-from fedsys.wire import ARRAYS, CONFIG, MASKED, METRICS, SECAGG, STATUS_BUDGET, metric, status_of, to_record
+from fedsys.wire import (
+    ARRAYS,
+    CONFIG,
+    DECLINED,
+    MASKED,
+    METRICS,
+    SECAGG,
+    metric,
+    reason_of,
+    status_of,
+    to_record,
+)
 
 log = logging.getLogger("fedsys")
 
@@ -131,7 +142,8 @@ def _run_stages(
     nodes = {i: node for node, i in ids.items()}
     ex = send("setup", server.setup_requests())
     for node, reply in ex.replies.items():
-        if status_of(reply) == STATUS_BUDGET:
+        if status_of(reply) in DECLINED:
+            log.warning("secagg setup: node %d declined: %s", node, reason_of(reply) or status_of(reply))
             outcome.declined.append(node)
             _note_epsilon(outcome, node, reply)
     keys = _parse(ex, ids, AdvertiseKeysReply.from_record, skip=set(outcome.declined))

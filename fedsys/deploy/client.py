@@ -18,6 +18,7 @@ and the log.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -27,10 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsys.config import parse_feature_range
 from fedsys.deploy.certs import write_private
 from fedsys.deploy.process import Sink, Supervisor, executable, flower_env
 from fedsys.deploy.server import parse_address
 from fedsys.errors import ConfigError, DeploymentError
+
+log = logging.getLogger("fedsys")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class ClientOptions:
     runtime_port: int = 0  # 0: pick a free loopback port
     max_wait_time: float | None = None
     insecure: bool = False
+    require_secagg: bool = True
+    min_cohort: int = 2
+    max_rounds_per_run: int = 0  # 0: no limit
+    share_epsilon: bool = False
+    dataset_name: str = "default"  # the budget key in the ledger: one budget per declared data set
+    feature_range: str = ""  # public range of the data's values: "LO,HI", a .csv table, or "none"
 
 
 def node_config(options: ClientOptions) -> str:
@@ -65,9 +75,20 @@ def node_config(options: ClientOptions) -> str:
         "ledger-path": str(options.ledger.resolve()),
         "budget-policy": options.budget_policy,
         "device": options.device,
+        "dataset-name": options.dataset_name,
     }
     if options.num_classes:
         values["num-classes"] = int(options.num_classes)
+    if options.feature_range:
+        declared = parse_feature_range(options.feature_range, key="--feature-range")
+        table = declared.table if declared else ""
+        values["feature-range"] = str(Path(table).resolve()) if table else options.feature_range
+    # the holder's policy (fedsys.node.policy); DP is required whenever max-epsilon is finite
+    values["require-secagg"] = str(options.require_secagg).lower()
+    values["min-cohort"] = int(options.min_cohort)
+    values["share-epsilon"] = str(options.share_epsilon).lower()
+    if options.max_rounds_per_run:
+        values["max-rounds-per-run"] = int(options.max_rounds_per_run)
     return " ".join(f"{key}={_toml_value(key, value)}" for key, value in values.items())
 
 
@@ -106,13 +127,17 @@ def gate_argv(approved: Sequence[str], *, runtime_port: int, secret_file: Path) 
     return argv
 
 
-def check_options(options: ClientOptions) -> None:
-    """Fail fast on anything the data holder can fix before connecting.
+def check_options(options: ClientOptions) -> list[str]:
+    """Fail fast on anything the data holder can fix before connecting; creates nothing.
+
+    Returns:
+        Warnings for the data holder (e.g. a target delta too large for its data).
 
     Raises:
         DeploymentError: a certificate or key is missing or the key is readable by others.
-        ConfigError: a budget value is out of range.
+        ConfigError: a budget value or the dataset name is out of range, or no --feature-range.
         DataError: the data file cannot be read as a labelled table.
+        LedgerError: the ledger is missing, empty or damaged (create it with `fedsys ledger init`).
     """
     parse_address(options.superlink)
     if not options.approved:
@@ -123,6 +148,11 @@ def check_options(options: ClientOptions) -> None:
         raise ConfigError(f"--max-epsilon must be > 0, got {options.max_epsilon}")
     if options.budget_policy not in ("refuse", "truncate"):
         raise ConfigError(f"--budget-policy must be refuse or truncate, got {options.budget_policy!r}")
+    from fedsys.privacy.budget import delta_warning
+    from fedsys.privacy.ledger import PrivacyLedger
+    from fedsys.privacy.ledger_schema import check_budget_key
+
+    check_budget_key(options.dataset_name)
     if not options.insecure:
         _required_file(_required(options.ca_cert, "--ca"), "CA certificate")
         key = _required_file(_required(options.key, "--key"), "node key")
@@ -131,16 +161,21 @@ def check_options(options: ClientOptions) -> None:
     from fedsys.data import holder_client_data
 
     data = holder_client_data(
-        options.data, label_column=options.label_column, num_classes=options.num_classes
+        options.data,
+        label_column=options.label_column,
+        num_classes=options.num_classes,
+        feature_range=parse_feature_range(options.feature_range, key="--feature-range"),
     )
     if len(data.train) < 2:
         raise DeploymentError(f"{options.data} holds too few rows to train on")
-    options.ledger.parent.mkdir(parents=True, exist_ok=True)
+    PrivacyLedger.open(options.ledger).close()  # refuses a missing or damaged ledger, creates none
+    warning = delta_warning(options.target_delta, len(data.train))
+    return [] if warning is None else [warning]
 
 
 def start_client(options: ClientOptions, sink: Sink) -> int:
     """Run the SuperNode and the app gate in the foreground until SIGTERM/SIGINT."""
-    check_options(options)
+    notes = check_options(options)
     home = options.home.resolve()
     (home / "flwr-home").mkdir(parents=True, exist_ok=True)
     secret_file = home / "superexec.secret"
@@ -150,6 +185,9 @@ def start_client(options: ClientOptions, sink: Sink) -> int:
     with Supervisor(home / "supernode.log", sink) as supervisor:
         if options.insecure:
             supervisor.emit("fedsys", "WARNING: --insecure: the connection to the SuperLink is not encrypted")
+        for warning in notes:
+            log.warning(warning)
+            supervisor.emit("fedsys", f"WARNING: {warning}")
         supervisor.emit("fedsys", f"approved app FAB hashes: {', '.join(options.approved)}")
         supervisor.start(
             "supernode", supernode_argv(options, runtime_port=port, secret_file=secret_file), env

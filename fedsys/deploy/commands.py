@@ -28,8 +28,11 @@ def _echo(line: str) -> None:
 
 @certs_app.command("init")
 def certs_init(
-    directory: Annotated[Path, typer.Argument(help="Where to write ca.crt/ca.key/server.crt/server.key.")],
+    directory: Annotated[Path, typer.Argument(help="Where to write ca.crt/server.crt/server.key.")],
     server_host: Annotated[str, typer.Option(help="DNS name (or IP) data holders use for the SuperLink.")],
+    ca_dir: Annotated[
+        Path | None, typer.Option(help="Where to write ca.key (default: DIRECTORY-ca); move it offline.")
+    ] = None,
     server_ip: Annotated[
         list[str] | None, typer.Option(help="Extra IP address for the certificate (repeatable).")
     ] = None,
@@ -41,19 +44,22 @@ def certs_init(
 ) -> None:
     """Create a CA and a SuperLink TLS certificate signed by it (private keys 0600)."""
     from fedsys.cli import guarded
-    from fedsys.deploy.certs import init_certs
+    from fedsys.deploy.certs import CertPaths, default_ca_dir, init_certs
 
     def _run() -> None:
+        ca = ca_dir or default_ca_dir(directory)
         paths = init_certs(
             directory,
             server_host=server_host,
+            ca_dir=ca,
             server_ips=server_ip or (),
             loopback=loopback,
             valid_days=days,
             force=force,
         )
         _echo(f"CA certificate (give to data holders): {paths.ca_cert}")
-        _echo(f"CA key (keep offline): {paths.ca_key}")
+        _echo(f"CA key: {CertPaths(ca).ca_key}; move {ca} offline now (e.g. to removable media);")
+        _echo("  it is needed only to issue a new server certificate; the server refuses to start beside it")
         _echo(f"SuperLink certificate and key: {paths.server_cert}, {paths.server_key}")
 
     guarded(_run)
@@ -65,14 +71,34 @@ def certs_node(
     name: Annotated[str, typer.Argument(help="Node name, e.g. hospital-a.")],
     force: Annotated[bool, typer.Option(help="Replace an existing key pair / allowlist entry.")] = False,
 ) -> None:
-    """Create a node's ECDSA P-384 key pair (OpenSSH) and allowlist its public key."""
+    """Trials only: make a node's key pair on this machine and allowlist it (use keygen + allow instead)."""
     from fedsys.cli import guarded
     from fedsys.deploy.certs import create_node_key
 
     def _run() -> None:
         node = create_node_key(directory, name, force=force)
+        _echo("note: this key was made on the operator's machine; for real data holders use")
+        _echo("  `fedsys certs keygen` on the holder's machine and `fedsys certs allow` here")
         _echo(f"private key (give to {name} only, for --key): {node.private_key}")
         _echo(f"public key (allowlisted in {directory / 'authorized-nodes'}): {node.public_key}")
+
+    guarded(_run)
+
+
+@certs_app.command("keygen")
+def certs_keygen(
+    key: Annotated[Path, typer.Argument(help="Where to write this node's private key, e.g. node.key.")],
+    name: Annotated[str, typer.Option(help="Node name, e.g. hospital-a (the key's comment).")],
+    force: Annotated[bool, typer.Option(help="Replace an existing key pair.")] = False,
+) -> None:
+    """Data holder: make this node's key pair here; send only the .pub to the operator."""
+    from fedsys.cli import guarded
+    from fedsys.deploy.certs import generate_node_key
+
+    def _run() -> None:
+        node = generate_node_key(key, name=name, force=force)
+        _echo(f"private key (stays on this machine, for `client start --key`): {node.private_key}")
+        _echo(f"public key (send to the operator for `fedsys certs allow`): {node.public_key}")
 
     guarded(_run)
 
@@ -105,9 +131,12 @@ def server_start(
     certs: Annotated[
         Path | None, typer.Option(help="Certificate directory from `fedsys certs init`.")
     ] = None,
-    address: Annotated[str, typer.Option(help="HOST:PORT to serve on (Fleet, Control, Runtime API).")] = (
+    address: Annotated[str, typer.Option(help="Public HOST:PORT: the Fleet API (SuperNodes) only.")] = (
         "127.0.0.1:9093"
     ),
+    local_port: Annotated[
+        int, typer.Option(help="127.0.0.1 port of the SuperLink itself (Control, Runtime API); 0: any free.")
+    ] = 0,
     state: Annotated[Path, _STATE] = Path("fedsys-state"),
     insecure: Annotated[bool, typer.Option(help="No TLS, no node auth: local trials only.")] = False,
     approve: Annotated[
@@ -125,7 +154,12 @@ def server_start(
     def _run() -> int:
         approved = [check_fab_hash(h) for h in approve] if approve else [build_app().fab_hash]
         options = ServerOptions(
-            certs=certs, state=state, approved=approved, address=address, insecure=insecure
+            certs=certs,
+            state=state,
+            approved=approved,
+            address=address,
+            insecure=insecure,
+            local_port=local_port,
         )
         return start_server(options, _echo)
 
@@ -205,6 +239,29 @@ def client_start(
         float | None, typer.Option(help="Give up reconnecting after this many seconds (default: never).")
     ] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS: local trials only.")] = False,
+    feature_range: Annotated[
+        str,
+        typer.Option(help='Public range of the data values: "LO,HI", a column,low,high .csv, or "none".'),
+    ] = "",
+    require_secagg: Annotated[
+        bool,
+        typer.Option(
+            "--require-secagg/--allow-plaintext",
+            help="Refuse rounds whose update would leave in the clear (default) or allow them.",
+        ),
+    ] = True,
+    min_cohort: Annotated[
+        int, typer.Option(help="Fewest clients whose sum this holder lets the server learn.")
+    ] = 2,
+    max_rounds_per_run: Annotated[
+        int, typer.Option(help="Refuse rounds of a run beyond this many (0: no limit).")
+    ] = 0,
+    share_epsilon: Annotated[
+        bool, typer.Option(help="Tell the server this holder's cumulative ε (it reveals the data size).")
+    ] = False,
+    dataset_name: Annotated[
+        str, typer.Option(help="Name of this data set, its budget's key (keep it when the data changes).")
+    ] = "default",
 ) -> None:
     """Run this data holder's SuperNode: trains on --data, enforces --max-epsilon, runs only approved code."""
     from fedsys.cli import guarded
@@ -230,6 +287,12 @@ def client_start(
             runtime_port=runtime_port,
             max_wait_time=max_wait_time,
             insecure=insecure,
+            feature_range=feature_range,
+            require_secagg=require_secagg,
+            min_cohort=min_cohort,
+            max_rounds_per_run=max_rounds_per_run,
+            share_epsilon=share_epsilon,
+            dataset_name=dataset_name,
         )
         return start_client(options, _echo)
 

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsys.config import RunConfig
-from fedsys.errors import ProtocolError
+from fedsys.errors import FedsysError, ProtocolError
+from fedsys.node.policy import HolderPolicy, Refusal, check_request
 from fedsys.node.settings import HolderSettings, holder_settings
-from fedsys.node.update import compute_update, shareable_metrics
-from fedsys.wire import ARRAYS, CONFIG, METRICS, STATUS, require_arrays, status_record, to_record
+from fedsys.node.update import compute_update, shareable_metrics, shares_size
+from fedsys.wire import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    STATUS,
+    STATUS_BUDGET,
+    STATUS_DECLINED,
+    require_arrays,
+    status_record,
+    to_record,
+)
 
 log = logging.getLogger("fedsys")
 _LOCAL_SECTIONS = ("budget.", "ledger-dir")
@@ -54,20 +65,93 @@ def local_settings(
     return config, holder_settings(dict(context.node_config), config, partition=assigned_partition(message))
 
 
+def decline(
+    message: Message, refusal: Refusal, reason: str, *, metrics: Mapping[str, float] | None = None
+) -> Message:
+    """Reply that this holder declines the request; the server sees the code and ``reason``."""
+    log.warning("declining: %s", reason)
+    status = STATUS_BUDGET if refusal is Refusal.BUDGET else STATUS_DECLINED
+    content = RecordDict({STATUS: status_record(status, f"{refusal.value}: {reason}")})
+    if metrics:
+        content[METRICS] = MetricRecord(dict(metrics))
+    return Message(content, reply_to=message)
+
+
+def budget_reason(settings: HolderSettings, detail: str) -> str:
+    """The budget refusal the server may read: the detail (steps, epsilon) reveals the number of
+    examples, so it leaves only when the holder shares its epsilon."""
+    return detail if settings.policy.share_epsilon else "the round would exceed this data holder's budget"
+
+
+_PARTICIPATION = "fedsys.participation"
+
+
+def admit_round(policy: HolderPolicy, context: Context) -> tuple[Refusal, str] | None:
+    """Count this run's rounds at the holder, whatever round numbers the server claims.
+
+    ``Context.state`` belongs to this run and stays on the data holder's node, so a server
+    that repeats "round 1 of 1" is counted all the same. Call it when a round is accepted.
+    """
+    limit = policy.max_rounds_per_run
+    if limit is None:
+        return None
+    record = context.state.config_records.get(_PARTICIPATION)
+    taken = 0 if record is None else int(str(record["rounds"]))
+    if taken >= limit:
+        return (
+            Refusal.TOO_MANY_ROUNDS,
+            f"this data holder took part in {taken} rounds of this run (limit {limit})",
+        )
+    context.state.config_records[_PARTICIPATION] = ConfigRecord({"rounds": taken + 1})
+    return None
+
+
+Handler = Callable[[Message, Context, Mapping[str, Any]], Message]
+
+
+def private_errors(handler: Handler) -> Handler:
+    """At a real data holder, keep an exception's text (paths, labels, sizes) in the holder's log.
+
+    Flower sends a ClientApp's exception text to the server; there it could carry the data path,
+    a label or the number of examples. The server gets the error's class only. A simulated
+    holder (the harness plays every party) keeps the full error.
+    """
+
+    def run(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
+        try:
+            return handler(message, context, local)
+        except Exception as err:
+            if "num-partitions" in context.node_config:
+                raise
+            log.exception("could not serve %s", message.metadata.message_type)
+            raise FedsysError(
+                f"the data holder could not serve this request ({type(err).__name__}); details are in its log"
+            ) from None
+
+    return run
+
+
 def train(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
-    """Evaluate and train on local data; reply with the delta or a budget refusal."""
+    """Evaluate and train on local data; reply with the delta, a budget or a policy refusal."""
     server, rnd, run_id = server_config(message)
     config, settings = local_settings(context, server, local, message)
+    refusal = check_request(settings.policy, config, server_round=rnd, secure=False)
+    refusal = refusal or admit_round(settings.policy, context)
+    if refusal is not None:
+        return decline(message, *refusal)
     update = compute_update(
         config, settings, require_arrays(message, ARRAYS), server_round=rnd, run_id=run_id
     )
     log.info("round %d: local metrics %s", rnd, update.metrics)
-    metrics = MetricRecord(
-        {**shareable_metrics(update, dp_enabled=config.dp.enabled), "num-examples": update.num_examples}
+    shared = shareable_metrics(
+        update, dp_enabled=config.dp.enabled, secure=False, share_epsilon=settings.policy.share_epsilon
     )
-    content = RecordDict({METRICS: metrics, STATUS: status_record(update.status, update.reason)})
-    if update.status == "ok":
-        content[ARRAYS] = to_record(update.delta)
-    else:
-        log.warning("round %d: declined: %s", rnd, update.reason)
+    if update.status != "ok":
+        return decline(message, Refusal.BUDGET, budget_reason(settings, update.reason), metrics=shared)
+    if shares_size(dp_enabled=config.dp.enabled, share_epsilon=settings.policy.share_epsilon):
+        shared["num-examples"] = update.num_examples  # else the server weights this update as 1
+    metrics = MetricRecord(dict(shared.items()))
+    content = RecordDict(
+        {METRICS: metrics, STATUS: status_record(update.status), ARRAYS: to_record(update.delta)}
+    )
     return Message(content, reply_to=message)

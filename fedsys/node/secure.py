@@ -18,7 +18,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsys.errors import ProtocolError
 from fedsys.models import flatten
-from fedsys.node.handlers import local_settings, server_config
+from fedsys.node.handlers import admit_round, budget_reason, decline, local_settings, server_config
+from fedsys.node.policy import Refusal, check_request
 from fedsys.node.update import compute_update, precheck_budget, shareable_metrics
 from fedsys.secagg import (
     MaskedInputRequest,
@@ -33,10 +34,7 @@ from fedsys.wire import (
     MASKED,
     METRICS,
     SECAGG,
-    STATUS,
-    STATUS_BUDGET,
     require_arrays,
-    status_record,
     to_record,
 )
 
@@ -66,20 +64,29 @@ def _reply(message: Message, record: Record, **extra: Any) -> Message:
     return Message(content, reply_to=message)
 
 
+_POLICY_STATE = "fedsys.secagg-policy"
+
+
 def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
-    """Stages 0-1: check the budget (data-independent), then advertise fresh public keys."""
-    server, _, _ = server_config(message)
+    """Stages 0-1: check the holder's policy and budget (no data read), then advertise fresh keys."""
+    server, rnd, _ = server_config(message)
     config, settings = local_settings(context, server, local, message)
+    request = SetupRequest.from_record(_request(message))
+    cohort: dict[str, int] = {"cohort": len(request.neighbours) + 1, "threshold": request.threshold}
+    refusal = check_request(settings.policy, config, server_round=rnd, secure=True, **cohort)
+    if refusal is not None:
+        return decline(message, *refusal)
     reason, spent = precheck_budget(config, settings)
     if reason:
-        log.warning("declining the secure round: %s", reason)
-        metrics = MetricRecord({"epsilon": spent})
-        content = RecordDict({STATUS: status_record(STATUS_BUDGET, reason), METRICS: metrics})
-        return Message(content, reply_to=message)
-    request = SetupRequest.from_record(_request(message))
+        shared = {"epsilon": spent} if settings.policy.share_epsilon else {}
+        return decline(message, Refusal.BUDGET, budget_reason(settings, reason), metrics=shared)
+    refusal = admit_round(settings.policy, context)
+    if refusal is not None:
+        return decline(message, *refusal)
     client = SecAggClient(request.recipient)
     reply = client.advertise_keys(request)
     _save(context, client)
+    context.state.config_records[_POLICY_STATE] = ConfigRecord(dict(cohort.items()))
     return _reply(message, reply.to_record())
 
 
@@ -92,16 +99,29 @@ def share(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
 
 
 def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
-    """Stage 3: train (DP-SGD inside the local budget), then send only the masked delta."""
+    """Stage 3: train (DP-SGD inside the local budget), then send only the masked delta.
+
+    The run config travels again with this stage, so the policy is checked again against it
+    (with the cohort of the setup): a server cannot pass setup and then ask for less.
+    """
     client = _load(context)
-    request = MaskedInputRequest.from_record(_request(message))
     server, rnd, run_id = server_config(message)
     config, settings = local_settings(context, server, local, message)
+    cohort = {k: int(str(v)) for k, v in context.state.config_records[_POLICY_STATE].items()}
+    refusal = check_request(settings.policy, config, server_round=rnd, secure=True, **cohort)
+    if refusal is not None:
+        raise ProtocolError(f"the mask request breaks this holder's policy: {refusal[1]}")
+    request = MaskedInputRequest.from_record(_request(message))
     global_arrays = require_arrays(message, ARRAYS)
+    # Before any record is read: a request that cannot complete must not cost budget. The weight
+    # is clamped with the max-weight agreed at setup, not with what this message's config says.
+    max_weight = client.admit_masked_input(request, vector_length=flatten(global_arrays).size)
     update = compute_update(config, settings, global_arrays, server_round=rnd, run_id=run_id)
     if update.status != "ok":  # the budget changed since setup (e.g. another run): drop out
-        raise ProtocolError(f"cannot contribute to the secure round: {update.reason}")
-    weight = float(min(update.num_examples, config.secagg.max_weight))
+        raise ProtocolError(
+            f"cannot contribute to the secure round: {budget_reason(settings, update.reason)}"
+        )
+    weight = float(min(update.num_examples, max_weight))
     rng = _rounding_rng(config.seed, settings.partition_id, rnd)
     reply = client.mask_input(request, update=flatten(update.delta), weight=weight, rng=rng)
     if client.num_clipped:
@@ -113,10 +133,11 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
         )
     _save(context, client)
     log.info("round %d: local metrics %s", rnd, update.metrics)
-    shared = shareable_metrics(update, dp_enabled=config.dp.enabled)
-    metrics = MetricRecord({k: v for k, v in shared.items() if not k.startswith("eval-")})
+    shared = shareable_metrics(
+        update, dp_enabled=config.dp.enabled, secure=True, share_epsilon=settings.policy.share_epsilon
+    )
     masked = to_record({"masked-input": reply.masked_input})
-    return _reply(message, reply.to_record(), **{MASKED: masked, METRICS: metrics})
+    return _reply(message, reply.to_record(), **{MASKED: masked, METRICS: MetricRecord(dict(shared.items()))})
 
 
 def unmask(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
@@ -124,6 +145,7 @@ def unmask(message: Message, context: Context, local: Mapping[str, Any]) -> Mess
     client = _load(context)
     reply = client.unmask(UnmaskRequest.from_record(_request(message)))
     del context.state.config_records[_STATE]
+    context.state.config_records.pop(_POLICY_STATE, None)
     return _reply(message, reply.to_record())
 
 

@@ -7,13 +7,14 @@ data holder, so the budget comes from the scenario's ``[budget]`` section.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsys.config import BudgetConfig, RunConfig
+from fedsys.config import BudgetConfig, FeatureRange, RunConfig, parse_feature_range
 from fedsys.errors import ConfigError
+from fedsys.node.policy import HolderPolicy, deployment_policy
+from fedsys.privacy.ledger_schema import DEFAULT_BUDGET_KEY, check_budget_key
 
 NODE_KEYS = {
     "data-path": str,
@@ -25,6 +26,14 @@ NODE_KEYS = {
     "budget-accountant": str,
     "ledger-path": str,
     "device": str,
+    "feature-range": str,  # public range of the holder's values: "LO,HI", a .csv table, or "none"
+    "dataset-name": str,  # the budget key: one budget per declared data set (default one per holder)
+    # the holder's participation policy (fedsys.node.policy), parsed there
+    "require-dp": str,
+    "require-secagg": str,
+    "min-cohort": str,
+    "max-rounds-per-run": str,
+    "share-epsilon": str,
 }
 _SIMULATION_KEYS = {"partition-id", "num-partitions"}
 
@@ -36,11 +45,14 @@ class HolderSettings:
     budget: BudgetConfig
     ledger_path: Path
     device: str
+    policy: HolderPolicy = HolderPolicy()
     data_path: Path | None = None
     label_column: str = "label"
     num_classes: int = 0
     partition_id: int | None = None
     num_partitions: int | None = None
+    feature_range: FeatureRange | None = None  # deployment: the holder's own declaration
+    dataset_name: str = DEFAULT_BUDGET_KEY
 
     @property
     def simulated(self) -> bool:
@@ -70,8 +82,10 @@ def holder_settings(
     values = {k: _typed(k, v) for k, v in node_config.items() if k not in _SIMULATION_KEYS}
     if "data-path" not in values:
         raise ConfigError("node config lacks data-path (the data holder's own data file)")
+    if "max-epsilon" not in values:
+        raise ConfigError("node config lacks max-epsilon (the data holder's total privacy budget)")
     budget = BudgetConfig(
-        max_epsilon=float(str(values.get("max-epsilon", math.inf))),
+        max_epsilon=float(str(values["max-epsilon"])),
         target_delta=float(str(values.get("target-delta", 1e-5))),
         policy=str(values.get("budget-policy", "refuse")),  # type: ignore[arg-type]
         accountant=str(values.get("budget-accountant", "rdp")),  # type: ignore[arg-type]
@@ -88,6 +102,11 @@ def holder_settings(
         data_path=data_path,
         label_column=str(values.get("label-column", "label")),
         num_classes=int(str(values.get("num-classes", 0))),
+        feature_range=parse_feature_range(
+            str(values.get("feature-range", "")), key="node config feature-range"
+        ),
+        policy=deployment_policy(values, max_epsilon=budget.max_epsilon),
+        dataset_name=check_budget_key(str(values.get("dataset-name", DEFAULT_BUDGET_KEY))),
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsys.config import Accountant, RunConfig
+from fedsys.config import Accountant, FeatureRange, RunConfig
 from fedsys.data import ClientData, holder_client_data, simulated_client_data
 from fedsys.errors import BudgetExceededError, ConfigError, ModelError
 from fedsys.models import build_model, load_weights, to_arrays
@@ -25,6 +25,7 @@ from fedsys.privacy import (
     sample_rate_for,
 )
 from fedsys.privacy.budget import budget_epsilon, grant_steps
+from fedsys.privacy.dpsgd import entropy_generator
 from fedsys.training import evaluate, planned_steps, resolve_device, train_plain
 
 
@@ -42,21 +43,40 @@ class LocalUpdate:
 _DP_SAFE = ("epsilon", "steps", "truncated")
 
 
-def shareable_metrics(update: LocalUpdate, *, dp_enabled: bool) -> dict[str, float]:
+def shareable_metrics(
+    update: LocalUpdate, *, dp_enabled: bool, secure: bool, share_epsilon: bool
+) -> dict[str, float]:
     """What a client may tell the server besides its update.
 
-    With DP on, only quantities that do not depend on the private examples beyond what the
-    DP accounting covers (epsilon, steps) leave the client: training loss and local test
-    metrics are computed on private data without noise, so they stay local (and are logged).
+    - With DP on, only quantities covered by the DP accounting may leave the client: training
+      loss and local test metrics are computed on private data without noise, so they stay
+      local (and are logged).
+    - Epsilon, ``steps`` (``epochs * ceil(n / B)``) and ``truncated`` all reveal the number of
+      examples ``n``; they leave only when the holder's policy opts in (``share-epsilon``),
+      and under secure aggregation only epsilon (the server needs only "trained").
+    - A plaintext round without DP is one the holder accepted explicitly (``require-dp`` and
+      ``require-secagg`` off): everything is shared.
     """
-    if not dp_enabled:
+    if not dp_enabled and not secure:
         return dict(update.metrics)
-    return {k: v for k, v in update.metrics.items() if k in _DP_SAFE}
+    if not share_epsilon:
+        return {}
+    keep = ("epsilon",) if secure else _DP_SAFE
+    return {k: v for k, v in update.metrics.items() if k in keep}
+
+
+def shares_size(*, dp_enabled: bool, share_epsilon: bool) -> bool:
+    """Whether a plaintext reply may carry the exact number of training examples."""
+    return share_epsilon or not dp_enabled
 
 
 @lru_cache(maxsize=8)
-def _holder_data(path: Path, label_column: str, num_classes: int) -> ClientData:
-    return holder_client_data(path, label_column=label_column, num_classes=num_classes)
+def _holder_data(
+    path: Path, label_column: str, num_classes: int, feature_range: FeatureRange | None
+) -> ClientData:
+    return holder_client_data(
+        path, label_column=label_column, num_classes=num_classes, feature_range=feature_range
+    )
 
 
 def local_data(config: RunConfig, settings: HolderSettings) -> ClientData:
@@ -67,12 +87,26 @@ def local_data(config: RunConfig, settings: HolderSettings) -> ClientData:
         )
     if settings.data_path is None:
         raise ConfigError("this node has neither a data-path nor a simulation partition")
-    return _holder_data(settings.data_path, settings.label_column, settings.num_classes or config.num_classes)
+    return _holder_data(
+        settings.data_path,
+        settings.label_column,
+        settings.num_classes or config.num_classes,
+        settings.feature_range,  # the holder's own declaration; the server's feature-range is ignored
+    )
 
 
-def _generator(config: RunConfig, settings: HolderSettings, server_round: int) -> torch.Generator:
-    ident = settings.partition_id if settings.simulated else str(settings.data_path)
-    digest = hashlib.sha256(f"{config.seed}/{ident}/{server_round}".encode()).digest()
+def _simulation_generator(
+    config: RunConfig, settings: HolderSettings, server_round: int
+) -> torch.Generator | None:
+    """A reproducible generator for a virtual client; None (fresh OS entropy) at a real holder.
+
+    The scenario's seed and the round come from the server: at a real data holder they must
+    not shape DP noise or sampling, or the server could regenerate the noise and recover the
+    clipped gradients (and two runs with one seed would share noise that cancels).
+    """
+    if not settings.simulated:
+        return None
+    digest = hashlib.sha256(f"{config.seed}/{settings.partition_id}/{server_round}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
@@ -100,7 +134,7 @@ def compute_update(
         "eval-accuracy": before.metrics["accuracy"],
         "eval-examples": float(before.num_examples),
     }
-    generator = _generator(config, settings, server_round)
+    generator = _simulation_generator(config, settings, server_round)
     if config.dp.enabled:
         try:
             trained, train_metrics = _train_private(
@@ -134,7 +168,7 @@ def compute_update(
             steps=steps,
             proximal_mu=config.train.proximal_mu,
             device=device,
-            generator=generator,
+            generator=generator if generator is not None else entropy_generator(),
         )
         trained, train_metrics = (
             to_arrays(model.cpu()),
@@ -165,7 +199,7 @@ def _noise_multiplier(config: RunConfig, settings: HolderSettings, num_examples:
         settings.budget.target_delta,
         sample_rate_for(num_examples, config.train.batch_size),
         config.num_rounds * per_round,
-        config.dp.accountant,
+        settings.budget.accountant,  # the holder enforces its budget with its own accountant
     )
 
 
@@ -197,8 +231,9 @@ def _dp_settings(
 
 
 def _ledger(settings: HolderSettings) -> PrivacyLedger:
-    settings.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-    return PrivacyLedger(settings.ledger_path)
+    if settings.simulated:  # a real holder's ledger is created only by `fedsys ledger init`
+        settings.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    return PrivacyLedger.open(settings.ledger_path, create=settings.simulated)
 
 
 def _local_epochs_steps(config: RunConfig) -> tuple[int | None, int | None]:
@@ -224,7 +259,7 @@ def precheck_budget(config: RunConfig, settings: HolderSettings) -> tuple[str, f
     )
     ledger = _ledger(settings)
     try:
-        prior = ledger.history(fingerprint_dataset(data.train.x, data.train.y))
+        prior = ledger.history(settings.dataset_name)
     finally:
         ledger.close()
     spent = budget_epsilon(prior, budget)
@@ -246,7 +281,7 @@ def _train_private(
     data: ClientData,
     config: RunConfig,
     settings: HolderSettings,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     *,
     device: torch.device,
     server_round: int,
@@ -262,6 +297,7 @@ def _train_private(
             dp=dp,
             budget=budget,
             ledger=ledger,
+            budget_key=settings.dataset_name,
             fingerprint=fingerprint_dataset(data.train.x, data.train.y),
             run_id=run_id,
             server_round=server_round,

@@ -13,9 +13,11 @@ Assumptions and limitations, stated honestly:
   public. Opacus samples with ``q = 1 / ceil(n / batch_size)`` (``1/len(DataLoader)``),
   which is what :func:`sample_rate_for` returns and what the ledger records; it is
   ``batch_size / n`` only when ``batch_size`` divides ``n``.
-- Randomness: noise and sampling come from torch's pseudo-random generators, seeded
-  from the caller's ``torch.Generator`` (or torch's global generator when None). That
-  is fine for reproducible simulation but is not a cryptographically secure source.
+- Randomness: noise and sampling come from torch's pseudo-random generators. A real
+  data holder passes no generator and gets two seeded from fresh OS entropy every round
+  (:func:`entropy_generator`), so no one -- the server included -- can predict or replay
+  them; a seeded ``torch.Generator`` is for reproducible simulation only. torch's
+  generators are not cryptographically secure streams.
   Opacus' secure noise (``secure_mode``) needs ``torchcsprng``, whose last PyPI release
   (2021) is unmaintained and not verified with the torch in use, so fedsys does not use
   ``secure_mode``. Against an adversary who can exploit the PRNG or floating-point
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
+import secrets
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +54,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedsys.errors import ConfigError, ModelError
+from fedsys.errors import ConfigError, LedgerError, ModelError
 from fedsys.privacy.accounting import Segment
 from fedsys.privacy.settings import Accountant, GradSampleMode
 
@@ -171,12 +174,27 @@ class _Private:
     engine: PrivacyEngine
 
 
+def entropy_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded with 63 fresh bits of OS entropy (``secrets``).
+
+    torch's default generator starts from the same fixed seed in every process, and a
+    SuperNode runs every message in a fresh process: left alone, a data holder would draw
+    the same noise and batches each round. Seeding from the OS makes them unpredictable to
+    anyone, the server included; nothing a message carries can influence them.
+    """
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
+
+
 def _split_generator(
     generator: torch.Generator | None, device: torch.device
-) -> tuple[torch.Generator | None, torch.Generator | None]:
-    """Derive a CPU sampling generator and a noise generator on ``device``."""
+) -> tuple[torch.Generator, torch.Generator]:
+    """A CPU sampling generator and a noise generator on ``device``.
+
+    Derived from ``generator`` in simulation (reproducible runs); from fresh OS entropy,
+    independently, when it is None (every real data holder).
+    """
     if generator is None:
-        return None, None
+        return entropy_generator("cpu"), entropy_generator(device)
     seeds = torch.randint(0, 2**62, (2,), generator=generator, device=generator.device)
     sampling = torch.Generator(device="cpu").manual_seed(int(seeds[0]))
     noise = torch.Generator(device=device).manual_seed(int(seeds[1]))
@@ -222,7 +240,29 @@ def _make_private(
     else:
         gsm, dp_optimizer, dp_loader = parts
         criterion = nn.CrossEntropyLoss()
+    num_examples = len(train_set)  # type: ignore[arg-type]  # a map-style dataset
+    _account_executed_rate(engine, dp_optimizer, dp_loader, num_examples=num_examples, batch_size=batch_size)
     return _Private(gsm, dp_optimizer, criterion, dp_loader, engine)
+
+
+def _account_executed_rate(
+    engine: PrivacyEngine, optimizer: Any, dp_loader: Any, *, num_examples: int, batch_size: int
+) -> None:
+    """Make the accountant charge exactly the Poisson rate the sampler executes.
+
+    Opacus samples with ``1/len(DataLoader)`` = ``1/k`` but accounts ``1/len(DPDataLoader)``
+    = ``1/int(1/(1/k))``, which floating point makes ``1/(k-1)`` for about 6% of ``k``
+    (93, 99, 105, ...). The ledger records ``1/k``; re-attaching the accountant's hook with
+    the sampler's own rate makes executed, accounted and recorded rates one number.
+
+    Raises:
+        LedgerError: the sampler's rate is not the planned one (checked before any data is read).
+    """
+    executed = float(dp_loader.sample_rate)
+    planned = sample_rate_for(num_examples, batch_size)
+    if executed != planned:
+        raise LedgerError(f"Opacus samples at rate {executed!r}, the ledger plans {planned!r}; not training")
+    optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=executed))
 
 
 def _proximal_step(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], rate: float) -> None:

@@ -139,15 +139,9 @@ class SecAggClient:
             AbortedRoundError: fewer than t holders remain.
             ModelError, ConfigError: the update or weight do not fit the round parameters.
         """
-        self._expect(Stage.MASKED_INPUT, request.recipient, request.context)
+        self.admit_masked_input(request, vector_length=int(np.size(update)))
         setup, encryption = self._setup_state()
         senders = frozenset(request.envelopes)
-        if not senders <= self._peer_keys.keys():
-            raise ProtocolError(f"envelopes from non-peers {sorted(senders - self._peer_keys.keys())}")
-        if len(senders) + 1 < setup.threshold:
-            raise AbortedRoundError(
-                f"only {len(senders) + 1} share holders left, threshold is {setup.threshold}"
-            )
         masked = self._encode(update, weight, setup, rng)
         self._open_envelopes(request, setup, encryption)
         apply_mask(masked, self._self_seed, sign=1, ring_bits=setup.ring_bits)
@@ -161,6 +155,35 @@ class SecAggClient:
             masked_input=reduce(masked, ring_bits=setup.ring_bits),
             failed_peers=tuple(sorted(self._failed)),
         )
+
+    def admit_masked_input(self, request: MaskedInputRequest, *, vector_length: int) -> float:
+        """Every check of :meth:`mask_input` that does not need the update; changes no state.
+
+        A data holder calls it before training, so that a request which cannot complete (wrong
+        stage or context, senders that are not peers, too few share holders, a vector of the
+        wrong length) costs it no privacy budget.
+
+        Returns:
+            The round's public ``max-weight``, agreed at setup: clamp the weight with it.
+
+        Raises:
+            ProtocolError: wrong stage/context, non-peer senders or a wrong vector length.
+            AbortedRoundError: fewer than t holders remain.
+        """
+        self._expect(Stage.MASKED_INPUT, request.recipient, request.context)
+        setup, _ = self._setup_state()
+        senders = frozenset(request.envelopes)
+        if not senders <= self._peer_keys.keys():
+            raise ProtocolError(f"envelopes from non-peers {sorted(senders - self._peer_keys.keys())}")
+        if len(senders) + 1 < setup.threshold:
+            raise AbortedRoundError(
+                f"only {len(senders) + 1} share holders left, threshold is {setup.threshold}"
+            )
+        if vector_length != setup.vector_length:
+            raise ProtocolError(
+                f"the round sums vectors of length {setup.vector_length}, not {vector_length}"
+            )
+        return setup.max_weight
 
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
         """Stage 4: reveal b-shares of survivors and s-shares of dropped peers, never both for one peer.

@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import torch
 from deploy_support import Cluster, files_containing_marker, scenario, write_holder_csvs
-from sklearn.datasets import load_breast_cancer
 
 from fedsys.coordinator.checkpoint import load_checkpoint
+from fedsys.data.builtin import load_breast_cancer
 from fedsys.deploy.app import directory_fab_hash, stage_app
 from fedsys.models import build_model, load_weights
 from fedsys.results import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NODES = ["hospital-a", "hospital-b", "hospital-c"]
+_PERMISSIVE = ("--allow-plaintext", "--min-cohort", "1", "--share-epsilon")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         # The operator also approves ROGUE, so that the nodes' own refusal can be tested.
         cluster.start_server(approve=[cluster.app_hash, _rogue_app(root / "rogue", root / "rogue-ran")])
         for name in NODES:
-            cluster.start_node(name, approve=cluster.app_hash)
+            # These holders accept plaintext rounds and share their epsilon, so that both
+            # aggregation modes can be compared; test_deploy_exposure.py runs the defaults.
+            cluster.start_node(name, approve=cluster.app_hash, extra=_PERMISSIVE)
         for proc in cluster.nodes.values():
             proc.wait_for(r"app gate ready", timeout=120)
         yield cluster
@@ -55,7 +58,7 @@ def finished_run(cluster: Cluster) -> Callable[[bool], Path]:
 
     def get(secagg: bool) -> Path:
         if secagg not in done:
-            out = cluster.root / f"run-secagg-{secagg}"
+            out = cluster.runs(f"run-secagg-{secagg}")
             result = cluster.run(scenario(secagg=secagg), out, app=cluster.app)
             assert result.returncode == 0, result.stdout + result.stderr
             assert "finished:completed" in result.stdout
@@ -66,8 +69,8 @@ def finished_run(cluster: Cluster) -> Callable[[bool], Path]:
 
 
 def _accuracy_and_loss(weights: dict[str, torch.Tensor]) -> tuple[float, float]:
-    x, y = load_breast_cancer(return_X_y=True)
-    x = (x - x.mean(0)) / x.std(0)
+    data = load_breast_cancer()  # scaled with the documented ranges the holders declare
+    x, y = data.x, data.y
     torch.manual_seed(7)
     model = build_model("logreg", (30,), 2)
     if weights:
@@ -117,7 +120,7 @@ def _rogue_app(directory: Path, canary: Path) -> str:
 
 def test_a_run_of_unapproved_code_is_refused_by_every_node(cluster, tmp_path):
     canary = cluster.root / "rogue-ran"
-    out = tmp_path / "rogue-run"
+    out = cluster.runs("rogue-run")
 
     result = cluster.run(scenario(secagg=False, rounds=1), out, app=cluster.root / "rogue")
 
@@ -135,17 +138,39 @@ def test_the_superlink_starts_only_server_apps_the_operator_approved(cluster, tm
     _rogue_app(tmp_path / "server-rogue", canary)
     refusals_before = [p.text().count("NOT approved") for p in cluster.nodes.values()]
 
-    result = cluster.run(scenario(secagg=False, rounds=1), tmp_path / "never", app=tmp_path / "server-rogue")
+    never = cluster.runs("never")
+    result = cluster.run(scenario(secagg=False, rounds=1), never, app=tmp_path / "server-rogue")
 
     assert result.returncode == 2 and "finished:failed" in result.stdout + result.stderr
     assert cluster.server is not None and "refused by the operator" in cluster.server.text()
-    assert not (tmp_path / "never").exists() and not canary.exists()
+    assert not never.exists() and not canary.exists()
     assert [p.text().count("NOT approved") for p in cluster.nodes.values()] == refusals_before
 
 
-def test_a_crashed_superlink_resumes_the_run_from_its_round_1_checkpoint(cluster, finished_run, tmp_path):
-    reference = finished_run(False)
-    out = tmp_path / "crash-run"
+def test_a_run_without_dp_is_declined_by_every_holder_before_any_record_is_read(cluster):
+    out = cluster.runs("no-dp")
+    spent_before = {name: _all_entries(cluster, name) for name in NODES}
+    config = scenario(secagg=True, rounds=1, dp={"enabled": False})
+
+    result = cluster.run(config, out, app=cluster.app)
+
+    [record] = read_metrics(out)
+    assert record["clients-declined"] == 3 and record["clients-succeeded"] == 0, record
+    assert "policy-dp-required" in result.stdout + result.stderr + _server_logs(cluster)
+    assert {name: _all_entries(cluster, name) for name in NODES} == spent_before
+
+
+def _ledger_rows(cluster: Cluster, run_id: str) -> dict[str, list[tuple[int, str]]]:
+    rows = {}
+    for name in NODES:
+        with sqlite3.connect(cluster.ledger(name)) as db:
+            query = "SELECT round, status FROM entries WHERE run_id = ? ORDER BY id"
+            rows[name] = db.execute(query, (run_id,)).fetchall()
+    return rows
+
+
+def test_a_crashed_superlink_resumes_the_run_from_its_round_1_checkpoint(cluster, tmp_path):
+    out = cluster.runs("crash-run")
     run = cluster.start_run(scenario(secagg=False), out, app=cluster.app)
     try:
         _wait_for(lambda: (out / "checkpoint.npz").is_file(), timeout=180)
@@ -155,24 +180,30 @@ def test_a_crashed_superlink_resumes_the_run_from_its_round_1_checkpoint(cluster
     finally:
         run.kill(signal.SIGTERM)
     assert before.round == 1
-
     after_crash = load_checkpoint(out)
     assert after_crash.round == 1
     assert all(np.array_equal(before.weights[k], after_crash.weights[k]) for k in before.weights)
     cluster.start_server(approve=[cluster.app_hash])  # nodes reconnect by themselves
+
     result = cluster.run({}, out, app=cluster.app, resume=True)
 
+    # What resume guarantees (DP noise is fresh at every holder, so weights are not replayed):
+    # the same run continues at round 2 from the round-1 weights, and no holder pays twice for
+    # round 1. An interrupted round-2 attempt may stay charged: the ledger never under-counts.
     assert result.returncode == 0, result.stdout + result.stderr
     records = read_metrics(out)
     assert [r["round"] for r in records] == [1, 2]
-    assert records[0] == before.history[0]
+    assert records[0] == before.history[0] and records[1]["status"] == "ok"
+    assert load_checkpoint(out).run_id == before.run_id
     resumed = torch.load(out / "model.pt", weights_only=True)
-    expected = torch.load(reference / "model.pt", weights_only=True)
-    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    assert any(not np.array_equal(resumed[k].numpy(), before.weights[k]) for k in before.weights)
+    for name, rows in _ledger_rows(cluster, before.run_id).items():
+        assert [status for rnd, status in rows if rnd == 1] == ["committed"], (name, rows)
+        assert "committed" in [status for rnd, status in rows if rnd == 2], (name, rows)
 
 
 def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(cluster, tmp_path):
-    out = tmp_path / "dropout-run"
+    out = cluster.runs("dropout-run")
     victim = cluster.nodes[NODES[2]]
     approved_before = victim.text().count("is approved")
     run = cluster.start_run(scenario(secagg=False, min_clients=2), out, app=cluster.app)
@@ -189,6 +220,15 @@ def test_a_supernode_killed_mid_round_leaves_the_round_to_the_others(cluster, tm
     assert all(r["status"] == "ok" and r["clients-succeeded"] == 2 for r in records), records
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds-completed"] == 2
+
+
+def _all_entries(cluster: Cluster, name: str) -> int:
+    with sqlite3.connect(cluster.ledger(name)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+
+def _server_logs(cluster: Cluster) -> str:
+    return "".join(p.read_text(errors="replace") for p in cluster.state.rglob("*.log"))
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float) -> None:

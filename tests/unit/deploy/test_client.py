@@ -10,8 +10,9 @@ from flwr.common.config import parse_config_args
 from fedsys.config import RunConfig
 from fedsys.deploy.certs import create_node_key, init_certs
 from fedsys.deploy.client import ClientOptions, check_options, gate_argv, node_config, supernode_argv
-from fedsys.errors import ConfigError, DeploymentError
+from fedsys.errors import ConfigError, DeploymentError, LedgerError
 from fedsys.node.settings import holder_settings
+from fedsys.privacy import PrivacyLedger
 
 
 def _options(tmp_path: Path, **changes) -> ClientOptions:
@@ -31,8 +32,12 @@ def _options(tmp_path: Path, **changes) -> ClientOptions:
         "home": tmp_path / "home",
         "approved": ["ab" * 32],
         "num_classes": 2,
+        "feature_range": "0,20",
     }
-    return ClientOptions(**{**base, **changes})
+    options = ClientOptions(**{**base, **changes})
+    if not options.ledger.exists():
+        PrivacyLedger.init(options.ledger)  # `fedsys ledger init`, once per holder
+    return options
 
 
 def test_node_config_reaches_the_client_app_as_the_data_holder_set_it(tmp_path):
@@ -82,6 +87,7 @@ def test_the_node_key_must_not_be_readable_by_others(tmp_path):
         ({"ca_cert": None}, DeploymentError, "--ca is required"),
         ({"approved": []}, DeploymentError, "no approved app"),
         ({"superlink": "nohost"}, DeploymentError, "address must be HOST:PORT"),
+        ({"feature_range": ""}, ConfigError, "no feature-range declared for"),
     ],
 )
 def test_bad_options_fail_before_connecting(tmp_path, changes, error, message):
@@ -94,3 +100,34 @@ def test_a_quote_in_a_path_cannot_smuggle_node_config_keys(tmp_path):
 
     with pytest.raises(ConfigError, match="ledger-path cannot contain quotes"):
         node_config(options)
+
+
+@pytest.mark.parametrize("content", [None, b""])
+def test_client_start_refuses_a_missing_or_empty_ledger_and_creates_none(tmp_path, content):
+    ledger = tmp_path / "state" / "ledger.sqlite"
+    options = _options(tmp_path, ledger=ledger)
+    ledger.unlink()
+    if content is not None:
+        ledger.write_bytes(content)
+
+    with pytest.raises(LedgerError, match="fedsys ledger init"):
+        check_options(options)
+    assert (ledger.read_bytes() if ledger.exists() else None) == content
+
+
+def test_the_declared_dataset_name_reaches_the_client_app(tmp_path):
+    options = _options(tmp_path, dataset_name="clinic-2024")
+
+    settings = holder_settings(parse_config_args([node_config(options)]), RunConfig())
+
+    assert settings.dataset_name == "clinic-2024"
+    with pytest.raises(ConfigError, match="dataset-name must be .*got 'bad name'"):
+        check_options(_options(tmp_path / "other", dataset_name="bad name"))
+
+
+def test_a_target_delta_at_or_above_one_over_n_is_warned_about(tmp_path):
+    assert check_options(_options(tmp_path)) == []
+
+    [warning] = check_options(_options(tmp_path / "loose", target_delta=0.1))  # 16 training rows
+
+    assert "target-delta 0.1 >= 1/n = 1/16" in warning

@@ -65,6 +65,11 @@ def test_unknown_or_mistyped_node_config_keys_are_named():
         holder_settings({"max-epsilon": 3.0}, RunConfig())
 
 
+def test_a_deployed_holder_must_state_its_budget():
+    with pytest.raises(ConfigError, match="node config lacks max-epsilon"):
+        holder_settings({"data-path": "x.csv", "target-delta": 1e-5}, RunConfig())
+
+
 def test_target_epsilon_is_calibrated_once_for_the_whole_schedule():
     config = RunConfig().replace(
         {"dp.target-epsilon": 3.0, "num-rounds": 20, "train.batch-size": 16, "train.local-epochs": 1}

@@ -1,0 +1,142 @@
+"""The data holder's participation policy: what a server may ask of it, decided by the holder alone.
+
+The policy is built only from the holder's node config (deployment) or from the scenario
+that plays every holder (simulation); it is never merged with the server's run config.
+Every training request is checked *against* it before any example is read and before the
+ledger is touched, so a refused request costs no privacy budget. A refusal carries a short
+reason code the server may log; the holder's own log keeps the detail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fedsys.config import RunConfig
+from fedsys.errors import ConfigError
+
+
+class Refusal(StrEnum):
+    """Why a holder declines a request; the codes the server sees (nothing more)."""
+
+    BUDGET = "budget"
+    DP_REQUIRED = "policy-dp-required"
+    SECAGG_REQUIRED = "policy-secagg-required"
+    COHORT_TOO_SMALL = "policy-cohort-too-small"
+    TOO_MANY_ROUNDS = "policy-too-many-rounds"
+    DATA = "data-error"
+
+
+@dataclass(frozen=True)
+class HolderPolicy:
+    """What a data holder accepts.
+
+    Attributes:
+        require_dp: Refuse any round without DP-SGD (the server's ``dp.enabled`` is a request).
+        require_secagg: Refuse any round whose update would leave in the clear.
+        min_cohort: The smallest number of clients whose sum the holder lets be released; a
+            plaintext round releases a cohort of one.
+        max_rounds_per_run: Refuse rounds of a run beyond this many (None: no limit).
+        share_epsilon: Tell the server this holder's cumulative epsilon (it depends on the
+            sampling rate, hence on the number of examples).
+    """
+
+    require_dp: bool = False
+    require_secagg: bool = False
+    min_cohort: int = 1
+    max_rounds_per_run: int | None = None
+    share_epsilon: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_cohort < 1:
+            raise ConfigError(f"node config min-cohort must be >= 1, got {self.min_cohort}")
+        if self.max_rounds_per_run is not None and self.max_rounds_per_run < 1:
+            raise ConfigError(f"node config max-rounds-per-run must be >= 1, got {self.max_rounds_per_run}")
+
+
+POLICY_KEYS = ("require-dp", "require-secagg", "min-cohort", "max-rounds-per-run", "share-epsilon")
+
+# A holder that names no policy in deployment gets these: DP whenever it has a finite
+# budget, secure aggregation, and never a released sum of fewer than two holders.
+_DEPLOYMENT_MIN_COHORT = 2
+
+
+def deployment_policy(node_config: Mapping[str, object], *, max_epsilon: float) -> HolderPolicy:
+    """The policy in a SuperNode's node config, with the safe defaults of a real data holder.
+
+    Raises:
+        ConfigError: a policy value has the wrong type or is out of range.
+    """
+    min_cohort = _count(node_config, "min-cohort")
+    return HolderPolicy(
+        require_dp=_flag(node_config, "require-dp", default=math.isfinite(max_epsilon)),
+        require_secagg=_flag(node_config, "require-secagg", default=True),
+        min_cohort=_DEPLOYMENT_MIN_COHORT if min_cohort is None else min_cohort,
+        max_rounds_per_run=_count(node_config, "max-rounds-per-run"),
+        share_epsilon=_flag(node_config, "share-epsilon", default=False),
+    )
+
+
+def check_request(
+    policy: HolderPolicy,
+    config: RunConfig,
+    *,
+    server_round: int,
+    secure: bool,
+    cohort: int = 1,
+    threshold: int = 1,
+) -> tuple[Refusal, str] | None:
+    """Check a server's request against the holder's policy; reads no data.
+
+    Args:
+        policy: The holder's policy.
+        config: What the server asks for (its run config).
+        server_round: The round the server says this is.
+        secure: Whether the update would travel masked (SecAgg+) rather than in the clear.
+        cohort: The number of clients the server says take part in the secure sum.
+        threshold: The SecAgg+ threshold: fewest surviving clients whose sum can be released.
+
+    Returns:
+        None to proceed, else the refusal code and a one-line reason.
+    """
+    if policy.require_dp and not config.dp.enabled:
+        return Refusal.DP_REQUIRED, "this data holder requires DP-SGD; the run asks for dp.enabled = false"
+    if policy.require_secagg and not secure:
+        return Refusal.SECAGG_REQUIRED, "this data holder requires secure aggregation; the round is plaintext"
+    released = min(cohort, threshold) if secure else 1
+    if released < policy.min_cohort:
+        return Refusal.COHORT_TOO_SMALL, (
+            f"this data holder releases only sums of >= {policy.min_cohort} clients; "
+            f"the round could release a sum of {released}"
+        )
+    limit = policy.max_rounds_per_run
+    if limit is not None and max(server_round, config.num_rounds) > limit:
+        return Refusal.TOO_MANY_ROUNDS, (
+            f"this data holder takes part in at most {limit} rounds per run; "
+            f"the run asks for {config.num_rounds} (round {server_round})"
+        )
+    return None
+
+
+def _flag(config: Mapping[str, object], key: str, *, default: bool) -> bool:
+    value = config.get(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"node config {key} must be true or false, got {value!r}")
+
+
+def _count(config: Mapping[str, object], key: str) -> int | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    try:
+        return int(str(value))
+    except ValueError as err:
+        raise ConfigError(f"node config {key} must be an integer, got {value!r}") from err
