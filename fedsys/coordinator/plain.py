@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsys.config import RunConfig
 from fedsys.coordinator.messaging import exchange
 from fedsys.coordinator.round import RoundOutcome
-from fedsys.errors import ModelError, ProtocolError
+from fedsys.errors import AbortedRoundError, FedsysError, ModelError, ProtocolError
 from fedsys.models import check_weights
-from fedsys.strategy import weighted_mean
+from fedsys.strategy import check_step, weighted_mean
 from fedsys.wire import (
     ARRAYS,
     CONFIG,
@@ -83,29 +84,22 @@ def plain_round(
     # Visit replies in sampling order (stable across runs; Flower's node ids are random),
     # so floating-point sums, and hence the run, are reproducible.
     for node in (n for n in sampled if n in ex.replies):
-        reply = ex.replies[node]
-        metrics = dict(reply.content.metric_records.get(METRICS, {}))
-        if "epsilon" in metrics:
-            outcome.epsilons[node] = metric(metrics, "epsilon")
-        status = status_of(reply)
-        if status in DECLINED:
-            log.warning("round %d: node %d declined: %s", rnd, node, reason_of(reply) or status)
-            outcome.declined.append(node)
-            continue
         try:
-            if status != STATUS_OK:
-                raise ProtocolError(f"unknown status {status!r}")
-            delta = require_arrays(reply)
-            check_weights(weights, delta, source=f"node {node}")
-        except (ModelError, ProtocolError) as err:
-            log.warning("round %d: dropping the update of node %d: %s", rnd, node, err)
+            reply = parse_train_reply(ex.replies[node], node, weights, max_weight=config.secagg.max_weight)
+        except FedsysError as err:
+            log.warning("round %d: dropping the reply of node %d: %s", rnd, node, err)
             outcome.failed.append(node)
             continue
-        deltas.append(delta)
-        # a holder that keeps its size private sends none: its update weighs as one example
-        counts.append(metric(metrics, "num-examples", 1.0))
-        if "train-loss" in metrics:
-            outcome.train_losses.append(metric(metrics, "train-loss"))
+        if reply.epsilon is not None:
+            outcome.epsilons[node] = reply.epsilon
+        if reply.delta is None:
+            log.warning("round %d: node %d declined: %s", rnd, node, reply.reason or reply.status)
+            outcome.declined.append(node)
+            continue
+        deltas.append(reply.delta)
+        counts.append(reply.num_examples)
+        if reply.train_loss is not None:
+            outcome.train_losses.append(reply.train_loss)
         outcome.succeeded.append(node)
     if len(deltas) < config.sampling.min_clients:
         outcome.status = "abandoned"
@@ -116,6 +110,80 @@ def plain_round(
         log.warning("round %d abandoned: %s", rnd, outcome.message)
         return outcome
     t0 = time.perf_counter()
-    outcome.delta = weighted_mean(deltas, counts)
+    try:
+        delta = weighted_mean(deltas, counts)
+        check_step(weights, delta)
+    except AbortedRoundError as err:
+        outcome.status, outcome.message = "abandoned", f"{err}; global model unchanged"
+        log.warning("round %d abandoned: %s", rnd, outcome.message)
+        return outcome
+    outcome.delta = delta
     outcome.aggregate_seconds = time.perf_counter() - t0
     return outcome
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A node's parsed plaintext reply: an update (``delta`` set) or a refusal (``delta`` None)."""
+
+    status: str
+    reason: str = ""
+    delta: dict[str, np.ndarray] | None = None
+    num_examples: float = 1.0
+    epsilon: float | None = None
+    train_loss: float | None = None
+
+
+def parse_train_reply(
+    reply: Message, node: int, expected: Mapping[str, np.ndarray], *, max_weight: float
+) -> TrainReply:
+    """Parse one node's training reply at the boundary, trusting nothing in it.
+
+    A refusal may carry the node's epsilon; an update must carry float arrays, finite and shaped like
+    ``expected``, and a ``num-examples`` in (0, max_weight] (``secagg.max-weight``, the public bound
+    on one client's weight that SecAgg+ uses too). A holder that keeps its size private sends none:
+    its update weighs as one example.
+
+    Raises:
+        ProtocolError, ModelError: the reply is malformed, from another sender, or out of range.
+    """
+    if reply.metadata.src_node_id != node:
+        raise ProtocolError(f"reply to node {node} comes from node {reply.metadata.src_node_id}")
+    metrics = dict(reply.content.metric_records.get(METRICS, {}))
+    epsilon = _optional(metrics, "epsilon")
+    if epsilon is not None and epsilon < 0:
+        raise ProtocolError(f"epsilon must be >= 0, got {epsilon}")
+    status = status_of(reply)
+    if status in DECLINED:
+        return TrainReply(status=status, reason=reason_of(reply), epsilon=epsilon)
+    if status != STATUS_OK:
+        raise ProtocolError(f"unknown status {status!r}")
+    num_examples = metric(metrics, "num-examples", 1.0)
+    if not 0 < num_examples <= max_weight:
+        raise ProtocolError(f"num-examples must be in (0, {max_weight}], got {num_examples}")
+    delta = require_arrays(reply)
+    check_weights(expected, delta, source=f"node {node}")
+    return TrainReply(
+        status=status,
+        delta=_as_model_dtype(delta, expected, node),
+        num_examples=num_examples,
+        epsilon=epsilon,
+        train_loss=_optional(metrics, "train-loss"),
+    )
+
+
+def _as_model_dtype(
+    delta: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], node: int
+) -> dict[str, np.ndarray]:
+    """The (finite) delta in the model's dtypes; a value beyond their range is the sender's error."""
+    out = {}
+    for name, value in delta.items():
+        limit = float(np.finfo(expected[name].dtype).max)
+        if value.size and float(np.max(np.abs(value))) > limit:
+            raise ModelError(f"weights from node {node}: {name} exceeds the {expected[name].dtype} range")
+        out[name] = value.astype(expected[name].dtype)
+    return out
+
+
+def _optional(metrics: Mapping[str, object], key: str) -> float | None:
+    return metric(metrics, key) if key in metrics else None

@@ -149,7 +149,8 @@ def train(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
     if update.status != "ok":
         return decline(message, Refusal.BUDGET, budget_reason(settings, update.reason), metrics=shared)
     if shares_size(dp_enabled=config.dp.enabled, share_epsilon=settings.policy.share_epsilon):
-        shared["num-examples"] = update.num_examples  # else the server weights this update as 1
+        # capped at the public max-weight, as under SecAgg+; else the server weights it as 1
+        shared["num-examples"] = min(update.num_examples, config.secagg.max_weight)
     metrics = MetricRecord(dict(shared.items()))
     content = RecordDict(
         {METRICS: metrics, STATUS: status_record(update.status), ARRAYS: to_record(update.delta)}
