@@ -2,18 +2,23 @@
 
 Transport-agnostic state machines: :class:`SecAggServer` and :class:`SecAggClient` exchange the
 dataclasses in :mod:`fedsys.secagg.messages`, each convertible to a flat record for Flower. Threat model:
-an honest-but-curious server and clients (a minority may collude); the server learns only the weighted
-sum of at least ``min_survivors`` updates. Not covered: a server that actively lies about who dropped
-beyond what clients can check locally (no signatures / consistency-check round), and robustness to
-clients sending wrong shares (the round aborts instead).
+malicious clients (a minority may collude) and, in malicious mode (clients hold identity keys and a
+trusted peer set), an actively malicious server that may also collude with up to gamma n clients; the
+server learns only the weighted sum of the updates of every client it saw complete stage 3, or the round
+aborts with nothing released. Client reports about peers are never trusted (:mod:`fedsys.secagg.server`);
+see :mod:`fedsys.secagg.consistency` and :mod:`fedsys.secagg.graph` for the malicious-server checks and
+parameters. Not covered: robustness of the aggregate's value to clients that lie about their own input.
 """
 
 from __future__ import annotations
 
 from fedsys.secagg.client import SecAggClient
+from fedsys.secagg.identity import Identity, generate_identity, load_identity, load_trusted_peers
 from fedsys.secagg.local import run_local_round
 from fedsys.secagg.messages import (
     AdvertiseKeysReply,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     PeerKeys,
@@ -31,6 +36,9 @@ from fedsys.secagg.server import AggregateResult, SecAggParams, SecAggServer
 __all__ = [
     "AdvertiseKeysReply",
     "AggregateResult",
+    "ConsistencyReply",
+    "ConsistencyRequest",
+    "Identity",
     "MaskedInputReply",
     "MaskedInputRequest",
     "PeerKeys",
@@ -45,5 +53,8 @@ __all__ = [
     "Stage",
     "UnmaskReply",
     "UnmaskRequest",
+    "generate_identity",
+    "load_identity",
+    "load_trusted_peers",
     "run_local_round",
 ]

@@ -1,9 +1,13 @@
 """SecAgg+ client state machine (Bell et al. CCS 2020, Alg. 2, over Bonawitz et al. CCS 2017, Fig. 4).
 
-Threat model: the server and other clients may be curious; the server is trusted to follow the protocol
-for liveness but not for privacy of a single update, as far as the client can check locally. The client
-refuses to reveal both Shamir shares (b and s) of one peer, never reveals its own s-key share, and
-reveals its own b-share only when it is listed as a survivor. Keys are fresh per round.
+Threat model: without an identity, the server and other clients may be curious; the server is trusted
+to follow the protocol for liveness but not for privacy of a single update, as far as the client can
+check locally (semi-honest mode). With an identity key and a set of trusted peer identities the client
+also defends against an actively malicious server (:mod:`fedsys.secagg.consistency`): it refuses
+unsigned, untrusted or substituted peer keys before sharing anything or training, and reveals shares
+only for a survivor set signed by t trusted survivors. Either way the client refuses to reveal both
+Shamir shares (b and s) of one peer, never reveals its own s-key share, and reveals its own b-share only
+when it is listed as a survivor. Keys are fresh per round.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedsys.errors import AbortedRoundError, ConfigError, IntegrityError, ModelError, ProtocolError
-from fedsys.secagg import shamir
+from fedsys.secagg import consistency, shamir
 from fedsys.secagg.encoding import check_encoding, encode_weighted, quantize
 from fedsys.secagg.graph import check_threshold
+from fedsys.secagg.identity import Identity
 from fedsys.secagg.masking import apply_mask, pairwise_seed, pairwise_sign, reduce
 from fedsys.secagg.messages import (
     AdvertiseKeysReply,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     PeerKeys,
@@ -60,12 +67,28 @@ class SecAggClient:
 
     Args:
         client_id: this participant's id (>= 1), as the server addresses it.
+        identity: this holder's long-term signing key; given, the client runs in malicious-server mode.
+        trusted_peers: DER public keys of the identities this holder trusts (required with ``identity``).
+
+    Raises:
+        ConfigError: a bad id, or an identity without trusted peers.
     """
 
-    def __init__(self, client_id: int) -> None:
+    def __init__(
+        self,
+        client_id: int,
+        *,
+        identity: Identity | None = None,
+        trusted_peers: frozenset[bytes] | None = None,
+    ) -> None:
         if client_id < 1:
             raise ConfigError(f"secagg client id must be >= 1, got {client_id}")
+        if identity is not None and not trusted_peers:
+            raise ConfigError("a secagg identity key needs a non-empty set of trusted peer identities")
         self.client_id = client_id
+        self.identity, self.trusted_peers = identity, trusted_peers or frozenset()
+        self._signed_survivors: tuple[int, ...] = ()
+        self._alive_peers: frozenset[int] = frozenset()
         self.num_clipped: int | None = None
         """Coordinates clipped when encoding this client's update (kept local, never sent)."""
         self._next: Stage | None = Stage.SETUP
@@ -86,10 +109,17 @@ class SecAggClient:
         """
         self._expect(Stage.SETUP, request.recipient)
         _check_setup(request, self.client_id)
+        if self.identity is not None:
+            consistency.check_malicious_setup(request)
         self._setup = request
         self._encryption, self._masking = generate_key_pair(), generate_key_pair()
         self._next = Stage.SHARE_KEYS
-        keys = PeerKeys(encryption=self._encryption.public, masking=self._masking.public)
+        encryption, masking = self._encryption.public, self._masking.public
+        keys = (
+            PeerKeys(encryption=encryption, masking=masking)
+            if self.identity is None
+            else consistency.sign_keys(self.identity, request, encryption=encryption, masking=masking)
+        )
         return AdvertiseKeysReply(context=request.context, keys=keys)
 
     def share_keys(self, request: ShareKeysRequest) -> ShareKeysReply:
@@ -102,6 +132,10 @@ class SecAggClient:
         self._expect(Stage.SHARE_KEYS, request.recipient, request.context)
         setup, encryption = self._setup_state()
         self._check_peer_keys(request, setup)
+        if self.identity is not None:
+            consistency.check_peer_keys(
+                request.peer_keys, setup, own=self.identity, trusted=self.trusted_peers
+            )
         holders = sorted(request.peer_keys) + [self.client_id]
         self._self_seed = os.urandom(SEED_BYTES)
         b_shares = shamir.share_secret(self._self_seed, threshold=setup.threshold, share_ids=holders)
@@ -139,6 +173,11 @@ class SecAggClient:
             AbortedRoundError: fewer than t holders remain.
             ModelError, ConfigError: the update or weight do not fit the round parameters.
         """
+        if np.shape(update) != (self._require(self._setup).vector_length,):
+            raise ModelError(
+                f"secagg update must have shape ({self._require(self._setup).vector_length},), "
+                f"got {np.shape(update)}"
+            )
         self.admit_masked_input(request, vector_length=int(np.size(update)))
         setup, encryption = self._setup_state()
         senders = frozenset(request.envelopes)
@@ -149,7 +188,8 @@ class SecAggClient:
         for peer in sorted(senders):
             seed = pairwise_seed(masking_key, self._peer_keys[peer].masking, context=setup.context)
             apply_mask(masked, seed, sign=pairwise_sign(self.client_id, peer), ring_bits=setup.ring_bits)
-        self._next = Stage.UNMASK
+        self._alive_peers = senders
+        self._next = Stage.UNMASK if self.identity is None else Stage.CONSISTENCY_CHECK
         return MaskedInputReply(
             context=setup.context,
             masked_input=reduce(masked, ring_bits=setup.ring_bits),
@@ -185,6 +225,23 @@ class SecAggClient:
             )
         return setup.max_weight
 
+    def sign_survivors(self, request: ConsistencyRequest) -> ConsistencyReply:
+        """Malicious-server mode, ConsistencyCheck: sign the server's claimed U3, once per round.
+
+        Raises:
+            ProtocolError: wrong stage/context, or an implausible U3 (see
+                :func:`fedsys.secagg.consistency.sign_survivors`).
+        """
+        self._expect(Stage.CONSISTENCY_CHECK, request.recipient, request.context)
+        setup, _ = self._setup_state()
+        identity = self._require(self.identity)
+        signature = consistency.sign_survivors(
+            identity, setup, request.survivors, alive_peers=self._alive_peers
+        )
+        self._signed_survivors = tuple(sorted(request.survivors))
+        self._next = Stage.UNMASK
+        return ConsistencyReply(context=setup.context, signature=signature)
+
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
         """Stage 4: reveal b-shares of survivors and s-shares of dropped peers, never both for one peer.
 
@@ -195,6 +252,8 @@ class SecAggClient:
         self._expect(Stage.UNMASK, request.recipient, request.context)
         setup, _ = self._setup_state()
         survivors, dropped = frozenset(request.survivors), frozenset(request.dropped)
+        if self.identity is not None:
+            self._check_signed_survivors(request, survivors, dropped)
         both = survivors & dropped
         if both:
             raise ProtocolError(f"server asked for both b- and s-shares of peers {sorted(both)}; refusing")
@@ -215,6 +274,23 @@ class SecAggClient:
             b_shares={peer: shamir.encode_share(value) for peer, value in b_shares.items()},
             s_shares={peer: shamir.encode_share(value) for peer, value in s_shares.items()},
         )
+
+    def _check_signed_survivors(
+        self, request: UnmaskRequest, survivors: frozenset[int], dropped: frozenset[int]
+    ) -> None:
+        setup, signed = self._require(self._setup), frozenset(self._signed_survivors)
+        consistency.check_survivor_signatures(
+            request.signatures,
+            setup,
+            self._signed_survivors,
+            own=self._require(self.identity),
+            peer_keys=self._peer_keys,
+        )
+        if not survivors <= signed or dropped & signed:
+            raise ProtocolError(
+                f"unmask request (survivors {sorted(survivors)}, dropped {sorted(dropped)}) contradicts "
+                f"the signed survivor set {sorted(signed)}; refusing"
+            )
 
     def to_record(self) -> Record:
         """The client's mid-round state as a flat record, for a transport that restarts the
@@ -241,6 +317,9 @@ class SecAggClient:
                 "peers": peers,
                 "peer-encryption": [self._peer_keys[p].encryption for p in peers],
                 "peer-masking": [self._peer_keys[p].masking for p in peers],
+                "peer-identity": [self._peer_keys[p].identity for p in peers],
+                "alive-peers": sorted(self._alive_peers),
+                "signed-survivors": list(self._signed_survivors),
                 "self-seed": self._self_seed,
                 "own-b-share": shamir.encode_share(self._own_b_share) if self._self_seed else b"",
                 "held": held,
@@ -251,13 +330,20 @@ class SecAggClient:
         )
 
     @classmethod
-    def from_record(cls, record: Mapping[str, object]) -> SecAggClient:
-        """Rebuild a client saved with :meth:`to_record`.
+    def from_record(
+        cls,
+        record: Mapping[str, object],
+        *,
+        identity: Identity | None = None,
+        trusted_peers: frozenset[bytes] | None = None,
+    ) -> SecAggClient:
+        """Rebuild a client saved with :meth:`to_record`; the long-term identity is never in the record,
+        pass it (and the trusted peers) again.
 
         Raises:
             ProtocolError: the record is incomplete or malformed.
         """
-        client = cls(_int(record, "client-id"))
+        client = cls(_int(record, "client-id"), identity=identity, trusted_peers=trusted_peers)
         stage = _int(record, "next-stage")
         client._next = None if stage < 0 else Stage(stage)
         if "setup-stage" not in record:
@@ -269,7 +355,14 @@ class SecAggClient:
         client._masking = _key_pair(_bytes(record, "masking-private"))
         encryption = _mapping(record, "peers", "peer-encryption")
         masking = _mapping(record, "peers", "peer-masking")
-        client._peer_keys = {p: PeerKeys(encryption=encryption[p], masking=masking[p]) for p in encryption}
+        identities = _mapping(record, "peers", "peer-identity") if "peer-identity" in record else {}
+        client._peer_keys = {
+            p: PeerKeys(encryption=encryption[p], masking=masking[p], identity=identities.get(p, b""))
+            for p in encryption
+        }
+        if "alive-peers" in record:
+            client._alive_peers = frozenset(_int_list(record, "alive-peers"))
+            client._signed_survivors = tuple(_int_list(record, "signed-survivors"))
         client._self_seed = _bytes(record, "self-seed")
         own = _bytes(record, "own-b-share")
         client._own_b_share = shamir.decode_share(own) if own else 0

@@ -13,11 +13,24 @@ the complete graph is used whenever n - 1 <= 2k, where sparsity would save less 
 Bell et al. (Thm. 3.6) derive k from the corruption fraction, dropout rate and statistical security;
 deployments facing many corrupt clients should pass that k as ``degree``.
 
-Threshold: t = floor((k + 1) / 2) + 1 of the k + 1 holders. Requiring t > (k + 1) / 2 means that a
-server that lies about who dropped cannot collect t shares of both b_u and s_u for one client, because
+Threshold (semi-honest server): t = floor((k + 1) / 2) + 1 of the k + 1 holders. Requiring
+t > (k + 1) / 2 means that a server that lies about who dropped cannot collect t shares of both b_u
+and s_u for one client, because
 every honest holder reveals at most one of the two (Bonawitz et al. 2017, Sec. 4). Each neighbourhood
 tolerates k + 1 - t dropouts; raising t above the default trades dropout tolerance for a larger coalition
 needed to reconstruct a secret.
+
+Threshold (malicious server, :func:`malicious_threshold`): the complete graph (k + 1 = n holders) and
+t = floor(n (1 + gamma) / 2) + 1 for an assumed fraction gamma of corrupt clients (default 1/3) among
+the cohort. Derivation (the double-signing argument behind the ConsistencyCheck round of Bonawitz
+et al. CCS 2017, Sec. 4): with n_C <= gamma n corrupt clients, two different survivor sets that each
+carry t signatures from clients with the same view of the cohort need 2 (t - n_C) > n - n_C distinct
+honest signers, so some honest client would have signed both, which it never does; hence
+t > (n + n_C) / 2 suffices, and gamma = 1/3 gives t = floor(2n/3) + 1. This is the
+t > (k + 1)(1 + gamma) / 2 form of Bell et al. CCS 2020's malicious-server condition with k = n - 1; on
+the complete graph every neighbourhood holds exactly the cohort's n_C corrupt clients, so the
+statistical failure probability of their random-graph analysis is 0. Sparse graphs are refused against
+a malicious server: Bell et al.'s sparse variant needs a graph the server cannot bias, not built here.
 """
 
 from __future__ import annotations
@@ -42,6 +55,21 @@ def default_degree(num_participants: int) -> int:
 def default_threshold(num_holders: int) -> int:
     """Smallest honest-majority threshold floor(h / 2) + 1 for h share holders."""
     return num_holders // 2 + 1
+
+
+DEFAULT_CORRUPTION_FRACTION = 1 / 3
+"""gamma: assumed largest fraction of a cohort's clients that collude with a malicious server."""
+
+
+def malicious_threshold(num_holders: int, *, corruption_fraction: float = DEFAULT_CORRUPTION_FRACTION) -> int:
+    """Smallest t with t > n (1 + gamma) / 2 for n holders on the complete graph (see module doc).
+
+    Raises:
+        ConfigError: gamma outside [0, 1).
+    """
+    if not 0 <= corruption_fraction < 1:
+        raise ConfigError(f"secagg corruption fraction must be in [0, 1), got {corruption_fraction}")
+    return math.floor(num_holders * (1 + corruption_fraction) / 2) + 1
 
 
 def check_threshold(threshold: int, *, num_holders: int) -> None:

@@ -1,7 +1,10 @@
 """In-memory driver running one SecAgg+ round between N clients and a server, for tests and benchmarks.
 
 Every message goes through ``to_record()`` / ``from_record()`` as it would over a transport, and an
-optional ``intercept`` hook may rewrite records in flight (to simulate tampering or replay).
+optional ``intercept`` hook may rewrite records in flight (to simulate tampering or replay). A reply that
+fails to parse counts as that client's dropout, as it does on Flower. With ``identities`` the round runs
+against a malicious server's checks: each client signs with its identity and trusts exactly the given
+identities' public keys (a simulated PKI).
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from typing import Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsys.errors import ConfigError
+from fedsys.errors import ConfigError, ProtocolError
 from fedsys.secagg.client import SecAggClient
+from fedsys.secagg.identity import Identity
 from fedsys.secagg.messages import (
     AdvertiseKeysReply,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     Record,
@@ -49,6 +55,7 @@ def run_local_round(
     drop_after: Mapping[int, int] | None = None,
     context: RoundContext | None = None,
     intercept: Intercept | None = None,
+    identities: Mapping[int, Identity] | None = None,
 ) -> AggregateResult:
     """Run a full SecAgg+ round in memory and return the server's aggregate.
 
@@ -63,6 +70,8 @@ def run_local_round(
             never answers, 3 means it sends its masked input but not its shares.
         context: run id and round; default run 0, round 1.
         intercept: optional hook rewriting records in flight.
+        identities: client id -> long-term identity; given, the clients demand the malicious-server
+            checks (``params.mode`` must then be ``"malicious"``).
 
     Raises:
         ConfigError: mismatched inputs. AbortedRoundError, ProtocolError, IntegrityError: as raised
@@ -77,7 +86,11 @@ def run_local_round(
         vector_length=len(updates[0]),
         params=SecAggParams(max_weight=max(weights)) if params is None else params,
     )
-    clients = {u: SecAggClient(u) for u in ids}
+    trusted = frozenset(i.public for i in identities.values()) if identities else None
+    clients = {
+        u: SecAggClient(u, identity=identities[u], trusted_peers=trusted) if identities else SecAggClient(u)
+        for u in ids
+    }
     relay = _Relay(dict(drop_after or {}), intercept)
     keys = relay.round_trip(
         1,
@@ -100,9 +113,20 @@ def run_local_round(
         lambda u, r: clients[u].mask_input(r, update=updates[u - 1], weight=weights[u - 1], rng=rng),
         MaskedInputReply.from_record,
     )
+    if server.malicious:
+        signatures = relay.round_trip(
+            4,
+            server.receive_masked_inputs_for_check(masked),
+            ConsistencyRequest.from_record,
+            lambda u, r: clients[u].sign_survivors(r),
+            ConsistencyReply.from_record,
+        )
+        unmask_requests = server.receive_consistency(signatures)
+    else:
+        unmask_requests = server.receive_masked_inputs(masked)
     unmasked = relay.round_trip(
         4,
-        server.receive_masked_inputs(masked),
+        unmask_requests,
         UnmaskRequest.from_record,
         lambda u, r: clients[u].unmask(r),
         UnmaskReply.from_record,
@@ -128,7 +152,11 @@ class _Relay:
         replies = {}
         for u, request in requests.items():
             if self._last_stage.get(u, 4) >= stage:
-                replies[u] = self._carry(handle(u, self._carry(request, parse_request, u)), parse_reply, u)
+                reply = handle(u, self._carry(request, parse_request, u))
+                try:
+                    replies[u] = self._carry(reply, parse_reply, u)
+                except ProtocolError:
+                    continue  # unparseable: the sender's failure, as on the real transport
         return replies
 
     def _carry(self, message: _Recordable, parse: Callable[[Record], _M], u: int) -> _M:

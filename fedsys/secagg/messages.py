@@ -9,7 +9,7 @@ array (``masked-input``) an ``ArrayRecord``. Mappings travel as two parallel lis
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
@@ -30,14 +30,24 @@ class Stage(IntEnum):
     SHARE_KEYS = 2
     MASKED_INPUT = 3
     UNMASK = 4
+    CONSISTENCY_CHECK = 5
+    """Malicious-server mode only; runs between MASKED_INPUT and UNMASK (Bonawitz et al. Fig. 4 round 3).
+    Numbered last so the semi-honest stages keep their wire numbers."""
 
 
 @dataclass(frozen=True)
 class PeerKeys:
-    """A peer's advertised public keys: c (envelope encryption) and s (pairwise masking)."""
+    """A peer's advertised public keys: c (envelope encryption) and s (pairwise masking).
+
+    Against a malicious server also the peer's long-term ``identity`` (DER public key) and its
+    ``signature`` over both keys, the round and the cohort (:func:`fedsys.secagg.identity.keys_payload`);
+    both are empty in semi-honest mode.
+    """
 
     encryption: bytes
     masking: bytes
+    identity: bytes = b""
+    signature: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -92,13 +102,23 @@ class AdvertiseKeysReply:
 
     def to_record(self) -> Record:
         """Flatten for the transport."""
-        keys = {"encryption-key": self.keys.encryption, "masking-key": self.keys.masking}
+        keys: Record = {"encryption-key": self.keys.encryption, "masking-key": self.keys.masking}
+        if self.keys.identity:
+            keys |= {"identity-key": self.keys.identity, "key-signature": self.keys.signature}
         return _header(Stage.ADVERTISE_KEYS, self.context) | keys
 
     @classmethod
     def from_record(cls, record: Mapping[str, object]) -> AdvertiseKeysReply:
         """Parse; raises ProtocolError on a wrong stage, missing key or wrong type."""
-        keys = PeerKeys(encryption=_bytes(record, "encryption-key"), masking=_bytes(record, "masking-key"))
+        signed = "identity-key" in record or "key-signature" in record
+        keys = PeerKeys(
+            encryption=_bytes(record, "encryption-key"),
+            masking=_bytes(record, "masking-key"),
+            identity=_bytes(record, "identity-key") if signed else b"",
+            signature=_bytes(record, "key-signature") if signed else b"",
+        )
+        if signed and not (keys.identity and keys.signature):
+            raise ProtocolError("an advertised identity key and its signature must both be non-empty")
         return cls(context=_read_header(record, Stage.ADVERTISE_KEYS), keys=keys)
 
 
@@ -113,19 +133,29 @@ class ShareKeysRequest:
     def to_record(self) -> Record:
         """Flatten for the transport."""
         peers = sorted(self.peer_keys)
-        return _header(Stage.SHARE_KEYS, self.context) | {
+        record = _header(Stage.SHARE_KEYS, self.context) | {
             "recipient": self.recipient,
             "peers": peers,
             "encryption-keys": [self.peer_keys[p].encryption for p in peers],
             "masking-keys": [self.peer_keys[p].masking for p in peers],
         }
+        if any(keys.identity for keys in self.peer_keys.values()):
+            record["identity-keys"] = [self.peer_keys[p].identity for p in peers]
+            record["key-signatures"] = [self.peer_keys[p].signature for p in peers]
+        return record
 
     @classmethod
     def from_record(cls, record: Mapping[str, object]) -> ShareKeysRequest:
         """Parse; raises ProtocolError on a wrong stage, missing key or wrong type."""
         encryption = _mapping(record, "peers", "encryption-keys")
         masking = _mapping(record, "peers", "masking-keys")
-        keys = {peer: PeerKeys(encryption=encryption[peer], masking=masking[peer]) for peer in encryption}
+        signed = "identity-keys" in record
+        identity = _mapping(record, "peers", "identity-keys") if signed else {}
+        signature = _mapping(record, "peers", "key-signatures") if signed else {}
+        keys = {
+            peer: PeerKeys(encryption[peer], masking[peer], identity.get(peer, b""), signature.get(peer, b""))
+            for peer in encryption
+        }
         return cls(
             context=_read_header(record, Stage.SHARE_KEYS),
             recipient=_int(record, "recipient"),
@@ -203,30 +233,83 @@ class MaskedInputReply:
 
 
 @dataclass(frozen=True)
+class ConsistencyRequest:
+    """Malicious-server stage, server -> client: the survivor set U3 the server claims (to be signed)."""
+
+    context: RoundContext
+    recipient: int
+    survivors: tuple[int, ...]
+
+    def to_record(self) -> Record:
+        """Flatten for the transport."""
+        header = _header(Stage.CONSISTENCY_CHECK, self.context)
+        return header | {"recipient": self.recipient, "survivors": list(self.survivors)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> ConsistencyRequest:
+        """Parse; raises ProtocolError on a wrong stage, missing key or wrong type."""
+        return cls(
+            context=_read_header(record, Stage.CONSISTENCY_CHECK),
+            recipient=_int(record, "recipient"),
+            survivors=tuple(_int_list(record, "survivors")),
+        )
+
+
+@dataclass(frozen=True)
+class ConsistencyReply:
+    """Malicious-server stage, client -> server: the client's signature over U3 and the cohort."""
+
+    context: RoundContext
+    signature: bytes
+
+    def to_record(self) -> Record:
+        """Flatten for the transport."""
+        return _header(Stage.CONSISTENCY_CHECK, self.context) | {"survivors-signature": self.signature}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> ConsistencyReply:
+        """Parse; raises ProtocolError on a wrong stage, missing key or wrong type."""
+        return cls(
+            context=_read_header(record, Stage.CONSISTENCY_CHECK),
+            signature=_bytes(record, "survivors-signature"),
+        )
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
-    """Stage 4, server -> client: which neighbours survived (send b-shares) and dropped (s-shares)."""
+    """Stage 4, server -> client: which neighbours survived (send b-shares) and dropped (s-shares).
+
+    Against a malicious server it also carries the survivors' signatures on U3 (by signer id),
+    which each client checks before revealing anything; empty in semi-honest mode.
+    """
 
     context: RoundContext
     recipient: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    signatures: Mapping[int, bytes] = field(default_factory=dict)
 
     def to_record(self) -> Record:
         """Flatten for the transport."""
-        return _header(Stage.UNMASK, self.context) | {
+        record = _header(Stage.UNMASK, self.context) | {
             "recipient": self.recipient,
             "survivors": list(self.survivors),
             "dropped": list(self.dropped),
         }
+        if self.signatures:
+            record |= _flatten(self.signatures, "signers", "survivors-signatures")
+        return record
 
     @classmethod
     def from_record(cls, record: Mapping[str, object]) -> UnmaskRequest:
         """Parse; raises ProtocolError on a wrong stage, missing key or wrong type."""
+        signed = "signers" in record
         return cls(
             context=_read_header(record, Stage.UNMASK),
             recipient=_int(record, "recipient"),
             survivors=tuple(_int_list(record, "survivors")),
             dropped=tuple(_int_list(record, "dropped")),
+            signatures=_mapping(record, "signers", "survivors-signatures") if signed else {},
         )
 
 
@@ -291,7 +374,10 @@ def _float(record: Mapping[str, object], key: str) -> float:
     value = record.get(key)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ProtocolError(f"record field {key!r} must be a number, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError as err:  # an int beyond a double's range
+        raise ProtocolError(f"record field {key!r} is out of range") from err
 
 
 def _bytes(record: Mapping[str, object], key: str) -> bytes:

@@ -99,6 +99,18 @@ def public_key_of(private: x25519.X25519PrivateKey) -> bytes:
     return private.public_key().public_bytes_raw()
 
 
+def check_public_key(public: bytes) -> bool:
+    """Whether ``public`` is a 32-byte X25519 key that agreement accepts (not of small order), tried
+    against a throwaway key so a peer's bad key is caught before anyone else has to use it."""
+    if len(public) != KEY_BYTES:
+        return False
+    try:
+        x25519.X25519PrivateKey.generate().exchange(x25519.X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
 def agree(
     private: x25519.X25519PrivateKey, peer_public: bytes, *, context: RoundContext, purpose: KeyPurpose
 ) -> bytes:
