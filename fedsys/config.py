@@ -25,6 +25,7 @@ Accountant = Literal["rdp", "prv"]
 GradSampleMode = Literal["auto", "hooks", "ghost"]
 BudgetPolicy = Literal["refuse", "truncate"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+SecAggMode = Literal["semi-honest", "malicious"]
 
 _PARTITION_RE = re.compile(r"^(iid|natural|dirichlet:(?P<alpha>[0-9.eE+-]+)|shards:(?P<k>\d+))$")
 _BUILTIN_DATASETS = ("digits", "breast-cancer")
@@ -170,8 +171,18 @@ class SecAggConfig:
     degree: int = 0  # neighbours per client; 0 = library default (complete graph up to 20 clients)
     threshold: int = 0  # Shamir threshold t; 0 = library default (a majority of share holders)
     stage_timeout: float = 600.0
+    # "malicious": signed keys and a ConsistencyCheck round against an actively malicious server
+    # (holders need identity keys; fedsys.secagg.consistency). "semi-honest" trusts the server to
+    # follow the protocol; it stays the default because malicious mode forces the complete graph.
+    mode: SecAggMode = "semi-honest"
 
     def __post_init__(self) -> None:
+        _require(
+            self.mode != "malicious" or self.degree == 0,
+            "secagg.degree",
+            self.degree,
+            'must be 0 with secagg.mode = "malicious" (it needs the complete graph)',
+        )
         _require(
             self.clip_range > 0 and math.isfinite(self.clip_range),
             "secagg.clip-range",

@@ -15,15 +15,23 @@ from flwr.clientapp import ClientApp
 
 from clients.app import make_client_app
 from fedsys.config import RunConfig
+from fedsys.node.pki import SIMULATED_PKI_SEED
 from server.app import make_server_app
 
 SCENARIO_DIR = Path(__file__).parent
 
 
 def local_settings(config: RunConfig) -> dict[str, Any]:
-    """What each simulated data holder sets for itself (the scenario stands in for all of them)."""
+    """What each simulated data holder sets for itself (the scenario stands in for all of them).
+
+    Includes a simulated PKI for SecAgg+ against a malicious server: one fresh seed per call (per
+    run), from which every virtual client derives its own identity and its peers' public keys.
+    """
     budget = config.to_mapping()["budget"]
-    return {f"budget.{k}": v for k, v in budget.items()} | {"ledger-dir": config.ledger_dir}
+    return {f"budget.{k}": v for k, v in budget.items()} | {
+        "ledger-dir": config.ledger_dir,
+        SIMULATED_PKI_SEED: os.urandom(32).hex(),
+    }
 
 
 def backend_config(config: RunConfig) -> dict[str, Any]:

@@ -1,11 +1,15 @@
-"""A SecAgg+ round on Flower's Message API: four exchanges, and the server learns only the sum.
+"""A SecAgg+ round on Flower's Message API: four exchanges (five against a malicious server),
+and the server learns only the sum.
 
 Stage messages (ClientApp actions ``train.secagg_*``):
 
-1. ``secagg_setup``   round config + SecAgg setup -> public keys, or a budget refusal
+1. ``secagg_setup``   round config + SecAgg setup -> public keys (signed in malicious mode), or a refusal
 2. ``secagg_share``   peers' public keys -> encrypted Shamir shares for each neighbour
 3. ``secagg_mask``    global weights + shares addressed to the client -> masked delta
-4. ``secagg_unmask``  who survived / dropped -> the shares needed to remove the masks
+   ``secagg_consistency`` (``secagg.mode = "malicious"`` only) the survivor set U3 -> the client's
+   signature on it (Bonawitz et al. CCS 2017, Fig. 4 round 3)
+4. ``secagg_unmask``  who survived / dropped (+ the survivors' signatures) -> the shares needed to
+   remove the masks
 
 A node that errors, times out, or sends a malformed reply at any stage counts as dropped.
 The server never accepts a plaintext update in this mode: only masked vectors are read.
@@ -26,10 +30,11 @@ from fedsys.config import RunConfig
 from fedsys.coordinator.messaging import Exchange, exchange
 from fedsys.coordinator.plain import round_configs
 from fedsys.coordinator.round import RoundOutcome
-from fedsys.errors import AbortedRoundError, ProtocolError
+from fedsys.errors import AbortedRoundError, FedsysError, ProtocolError
 from fedsys.models import flatten, unflatten
 from fedsys.secagg import (
     AdvertiseKeysReply,
+    ConsistencyReply,
     MaskedInputReply,
     RoundContext,
     SecAggParams,
@@ -44,6 +49,7 @@ from fedsys.wire import (
     MASKED,
     METRICS,
     SECAGG,
+    decode_array,
     metric,
     reason_of,
     status_of,
@@ -56,6 +62,7 @@ ACTIONS = {
     "setup": "train.secagg_setup",
     "share": "train.secagg_share",
     "mask": "train.secagg_mask",
+    "consistency": "train.secagg_consistency",
     "unmask": "train.secagg_unmask",
 }
 _R = TypeVar("_R")
@@ -71,6 +78,7 @@ def secagg_params(config: RunConfig) -> SecAggParams:
         degree=sa.degree or None,
         threshold=sa.threshold or None,
         min_survivors=max(config.sampling.min_clients, 2),
+        mode=sa.mode,
     )
 
 
@@ -143,10 +151,8 @@ def _run_stages(
     ex = send("setup", server.setup_requests())
     for node, reply in ex.replies.items():
         if status_of(reply) in DECLINED:
-            log.warning("secagg setup: node %d declined: %s", node, reason_of(reply) or status_of(reply))
-            outcome.declined.append(node)
-            _note_epsilon(outcome, node, reply)
-    keys = _parse(ex, ids, AdvertiseKeysReply.from_record, skip=set(outcome.declined))
+            _note_refusal(outcome, node, reply)
+    keys = _parse(ex, ids, AdvertiseKeysReply.from_record, skip=set(outcome.declined) | set(outcome.failed))
     shares = _parse(send("share", server.receive_keys(keys)), ids, ShareKeysReply.from_record)
     mask_requests = server.receive_shares(shares)
     ex = send(
@@ -156,7 +162,12 @@ def _run_stages(
         wait=config.sampling.round_timeout,
     )
     masked = _parse(ex, ids, _masked_reply, on_reply=lambda node, r: _note_training(outcome, node, r))
-    unmasked = _parse(send("unmask", server.receive_masked_inputs(masked)), ids, UnmaskReply.from_record)
+    if server.malicious:
+        check = send("consistency", server.receive_masked_inputs_for_check(masked))
+        unmask_requests = server.receive_consistency(_parse(check, ids, ConsistencyReply.from_record))
+    else:
+        unmask_requests = server.receive_masked_inputs(masked)
+    unmasked = _parse(send("unmask", unmask_requests), ids, UnmaskReply.from_record)
     t0 = time.perf_counter()
     result = server.receive_unmask(unmasked)
     outcome.aggregate_seconds = time.perf_counter() - t0
@@ -173,6 +184,9 @@ def _masked_reply(record: Mapping[str, Any]) -> MaskedInputReply:
     return MaskedInputReply.from_record(record)
 
 
+_UINT64 = (np.dtype(np.uint64),)
+
+
 def _parse(
     ex: Exchange,
     ids: Mapping[int, int],
@@ -180,21 +194,29 @@ def _parse(
     skip: set[int] | None = None,
     on_reply: Callable[[int, Message], None] | None = None,
 ) -> dict[int, _R]:
-    """Parse each node's stage reply; a malformed one drops that node (logged), not the round."""
+    """Parse each node's stage reply; a malformed one drops that node (logged), not the round.
+
+    Everything read from a reply is read here, inside one guard: the stage record, the masked
+    vector (a 1-d uint64 ``.npy`` and nothing else) and, through ``on_reply``, its metrics.
+    """
     parsed: dict[int, _R] = {}
     for node, reply in ex.replies.items():
         if skip and node in skip:
             continue
         try:
+            if reply.metadata.src_node_id != node:
+                raise ProtocolError(f"reply comes from node {reply.metadata.src_node_id}")
             record: dict[str, Any] = dict(reply.content.config_records[SECAGG])
             if MASKED in reply.content.array_records:
-                record["masked-input"] = reply.content.array_records[MASKED]["masked-input"].numpy()
-            parsed[ids[node]] = parse(record)
-        except (KeyError, ProtocolError) as err:
+                masked = reply.content.array_records[MASKED]["masked-input"]
+                record["masked-input"] = decode_array(masked, name="masked-input", dtypes=_UINT64)
+            message = parse(record)
+            if on_reply is not None:
+                on_reply(node, reply)
+        except (KeyError, FedsysError) as err:
             log.warning("dropping node %d: malformed secagg reply: %s", node, err)
             continue
-        if on_reply is not None:
-            on_reply(node, reply)
+        parsed[ids[node]] = message
     return parsed
 
 
@@ -202,14 +224,35 @@ def _note_failures(outcome: RoundOutcome, ex: Exchange) -> None:
     outcome.failed = sorted(set(outcome.failed) | set(ex.failed))
 
 
+def _note_refusal(outcome: RoundOutcome, node: int, reply: Message) -> None:
+    """A refusal at setup; one with a malformed epsilon counts as a failure instead."""
+    try:
+        _note_epsilon(outcome, node, reply)
+    except ProtocolError as err:
+        log.warning("secagg setup: dropping node %d: malformed refusal: %s", node, err)
+        outcome.failed = sorted({*outcome.failed, node})
+        return
+    log.warning("secagg setup: node %d declined: %s", node, reason_of(reply) or status_of(reply))
+    outcome.declined.append(node)
+
+
 def _note_epsilon(outcome: RoundOutcome, node: int, reply: Message) -> None:
-    metrics = reply.content.metric_records.get(METRICS)
-    if metrics is not None and "epsilon" in metrics:
-        outcome.epsilons[node] = metric(metrics, "epsilon")
+    """Record the node's epsilon if it sent one; ProtocolError unless it is a finite number >= 0."""
+    epsilon = _optional_metric(reply, "epsilon")
+    if epsilon is not None and epsilon < 0:
+        raise ProtocolError(f"epsilon must be >= 0, got {epsilon}")
+    if epsilon is not None:
+        outcome.epsilons[node] = epsilon
 
 
 def _note_training(outcome: RoundOutcome, node: int, reply: Message) -> None:
+    """Record the mask-stage metrics; ProtocolError (nothing recorded) if any is malformed."""
+    loss = _optional_metric(reply, "train-loss")
     _note_epsilon(outcome, node, reply)
+    if loss is not None:
+        outcome.train_losses.append(loss)
+
+
+def _optional_metric(reply: Message, key: str) -> float | None:
     metrics = reply.content.metric_records.get(METRICS)
-    if metrics is not None and "train-loss" in metrics:
-        outcome.train_losses.append(metric(metrics, "train-loss"))
+    return metric(metrics, key) if metrics is not None and key in metrics else None

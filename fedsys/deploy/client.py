@@ -63,6 +63,8 @@ class ClientOptions:
     share_epsilon: bool = False
     dataset_name: str = "default"  # the budget key in the ledger: one budget per declared data set
     feature_range: str = ""  # public range of the data's values: "LO,HI", a .csv table, or "none"
+    peers: Path | None = None  # the other holders' identity public keys, checked out of band
+    require_malicious_secagg: bool | None = None  # None: required whenever --key and --peers are given
 
 
 def node_config(options: ClientOptions) -> str:
@@ -89,6 +91,13 @@ def node_config(options: ClientOptions) -> str:
     values["share-epsilon"] = str(options.share_epsilon).lower()
     if options.max_rounds_per_run:
         values["max-rounds-per-run"] = int(options.max_rounds_per_run)
+    # SecAgg+ against a malicious server: the node-auth key doubles as the holder's signing identity
+    if options.key is not None:
+        values["identity-key"] = str(options.key.resolve())
+    if options.peers is not None:
+        values["peers"] = str(options.peers.resolve())
+    if options.require_malicious_secagg is not None:
+        values["require-malicious-secagg"] = str(options.require_malicious_secagg).lower()
     return " ".join(f"{key}={_toml_value(key, value)}" for key, value in values.items())
 
 
@@ -158,6 +167,7 @@ def check_options(options: ClientOptions) -> list[str]:
         key = _required_file(_required(options.key, "--key"), "node key")
         if stat.S_IMODE(key.stat().st_mode) & 0o077:
             raise DeploymentError(f"{key} is readable by other users; run `chmod 600 {key}`")
+    _check_identity(options)
     from fedsys.data import holder_client_data
 
     data = holder_client_data(
@@ -194,6 +204,19 @@ def start_client(options: ClientOptions, sink: Sink) -> int:
         )
         supervisor.start("gate", gate_argv(options.approved, runtime_port=port, secret_file=secret_file), env)
         return supervisor.run_until_exit()
+
+
+def _check_identity(options: ClientOptions) -> None:
+    """The SecAgg+ identity key and peers file load (ConfigError) and go together (DeploymentError)."""
+    from fedsys.secagg import load_identity, load_trusted_peers
+
+    if options.require_malicious_secagg and (options.key is None or options.peers is None):
+        raise DeploymentError("--require-malicious-secagg needs --key and --peers")
+    if options.peers is None:
+        return
+    key = _required(options.key, "--key (the identity that --peers is checked against)")
+    load_identity(_required_file(key, "node key"))
+    load_trusted_peers(_required_file(options.peers, "peers file"))
 
 
 def free_port() -> int:

@@ -262,6 +262,20 @@ def client_start(
     dataset_name: Annotated[
         str, typer.Option(help="Name of this data set, its budget's key (keep it when the data changes).")
     ] = "default",
+    peers: Annotated[
+        Path | None,
+        typer.Option(
+            help="The other data holders' identity public keys (OpenSSH .pub lines), exchanged and "
+            "checked among the holders out of band; enables SecAgg+ against a malicious server."
+        ),
+    ] = None,
+    require_malicious_secagg: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-malicious-secagg/--allow-semi-honest-secagg",
+            help="Refuse SecAgg+ rounds that trust the server (default: required when --peers is given).",
+        ),
+    ] = None,
 ) -> None:
     """Run this data holder's SuperNode: trains on --data, enforces --max-epsilon, runs only approved code."""
     from fedsys.cli import guarded
@@ -293,6 +307,8 @@ def client_start(
             max_rounds_per_run=max_rounds_per_run,
             share_epsilon=share_epsilon,
             dataset_name=dataset_name,
+            peers=peers,
+            require_malicious_secagg=require_malicious_secagg,
         )
         return start_client(options, _echo)
 

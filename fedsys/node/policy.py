@@ -24,6 +24,8 @@ class Refusal(StrEnum):
     BUDGET = "budget"
     DP_REQUIRED = "policy-dp-required"
     SECAGG_REQUIRED = "policy-secagg-required"
+    MALICIOUS_SECAGG_REQUIRED = "policy-malicious-secagg-required"
+    NO_SECAGG_IDENTITY = "policy-no-secagg-identity"
     COHORT_TOO_SMALL = "policy-cohort-too-small"
     TOO_MANY_ROUNDS = "policy-too-many-rounds"
     DATA = "data-error"
@@ -36,6 +38,9 @@ class HolderPolicy:
     Attributes:
         require_dp: Refuse any round without DP-SGD (the server's ``dp.enabled`` is a request).
         require_secagg: Refuse any round whose update would leave in the clear.
+        require_malicious_secagg: Refuse any round that is not SecAgg+ against a malicious server
+            (``secagg.mode = "malicious"``): a server cannot downgrade this holder to the protocol
+            that trusts it. Implies ``require_secagg``.
         min_cohort: The smallest number of clients whose sum the holder lets be released; a
             plaintext round releases a cohort of one.
         max_rounds_per_run: Refuse rounds of a run beyond this many (None: no limit).
@@ -45,6 +50,7 @@ class HolderPolicy:
 
     require_dp: bool = False
     require_secagg: bool = False
+    require_malicious_secagg: bool = False
     min_cohort: int = 1
     max_rounds_per_run: int | None = None
     share_epsilon: bool = True
@@ -56,23 +62,46 @@ class HolderPolicy:
             raise ConfigError(f"node config max-rounds-per-run must be >= 1, got {self.max_rounds_per_run}")
 
 
-POLICY_KEYS = ("require-dp", "require-secagg", "min-cohort", "max-rounds-per-run", "share-epsilon")
+POLICY_KEYS = (
+    "require-dp",
+    "require-secagg",
+    "require-malicious-secagg",
+    "min-cohort",
+    "max-rounds-per-run",
+    "share-epsilon",
+)
 
 # A holder that names no policy in deployment gets these: DP whenever it has a finite
 # budget, secure aggregation, and never a released sum of fewer than two holders.
 _DEPLOYMENT_MIN_COHORT = 2
 
 
-def deployment_policy(node_config: Mapping[str, object], *, max_epsilon: float) -> HolderPolicy:
+def deployment_policy(
+    node_config: Mapping[str, object], *, max_epsilon: float, has_identity: bool = False
+) -> HolderPolicy:
     """The policy in a SuperNode's node config, with the safe defaults of a real data holder.
 
+    Args:
+        node_config: The holder's node config.
+        max_epsilon: The holder's total budget (DP is required by default when it is finite).
+        has_identity: The holder has a SecAgg+ identity key and a peers file; then malicious-server
+            SecAgg+ is required by default.
+
     Raises:
-        ConfigError: a policy value has the wrong type or is out of range.
+        ConfigError: a policy value has the wrong type or is out of range, or malicious SecAgg+ is
+            required without an identity key and a peers file.
     """
     min_cohort = _count(node_config, "min-cohort")
+    require_malicious = _flag(node_config, "require-malicious-secagg", default=has_identity)
+    if require_malicious and not has_identity:
+        raise ConfigError(
+            "node config require-malicious-secagg = true needs identity-key and peers "
+            "(fedsys client start --key ... --peers ...)"
+        )
     return HolderPolicy(
         require_dp=_flag(node_config, "require-dp", default=math.isfinite(max_epsilon)),
         require_secagg=_flag(node_config, "require-secagg", default=True),
+        require_malicious_secagg=require_malicious,
         min_cohort=_DEPLOYMENT_MIN_COHORT if min_cohort is None else min_cohort,
         max_rounds_per_run=_count(node_config, "max-rounds-per-run"),
         share_epsilon=_flag(node_config, "share-epsilon", default=False),
@@ -103,8 +132,13 @@ def check_request(
     """
     if policy.require_dp and not config.dp.enabled:
         return Refusal.DP_REQUIRED, "this data holder requires DP-SGD; the run asks for dp.enabled = false"
-    if policy.require_secagg and not secure:
+    if (policy.require_secagg or policy.require_malicious_secagg) and not secure:
         return Refusal.SECAGG_REQUIRED, "this data holder requires secure aggregation; the round is plaintext"
+    if policy.require_malicious_secagg and config.secagg.mode != "malicious":
+        return Refusal.MALICIOUS_SECAGG_REQUIRED, (
+            "this data holder requires SecAgg+ against a malicious server; "
+            f"the run asks for secagg.mode = {config.secagg.mode!r}"
+        )
     released = min(cohort, threshold) if secure else 1
     if released < policy.min_cohort:
         return Refusal.COHORT_TOO_SMALL, (

@@ -3,6 +3,11 @@
 Between stages the client may be a fresh process (a SuperNode starts one per message), so its
 protocol state -- this round's private keys, self-mask seed and received shares -- lives in the
 node's ``Context.state``, which stays on the data holder's machine.
+
+Against a malicious server (``secagg.mode = "malicious"``) the holder signs with its identity and
+checks its peers against its own trusted set (:mod:`fedsys.node.pki`). Which mode a round runs in is
+decided at setup, by the holder, and kept in its state: later stages rebuild the client in that mode
+whatever they carry, and a holder whose policy requires it refuses a semi-honest setup.
 """
 
 from __future__ import annotations
@@ -11,17 +16,21 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedsys.errors import ProtocolError
+from fedsys.errors import FedsysError, ProtocolError
 from fedsys.models import flatten
 from fedsys.node.handlers import admit_round, budget_reason, decline, local_settings, server_config
+from fedsys.node.pki import HolderPki, deployed_pki, simulated_pki
 from fedsys.node.policy import Refusal, check_request
+from fedsys.node.settings import HolderSettings
 from fedsys.node.update import compute_update, precheck_budget, shareable_metrics
 from fedsys.secagg import (
+    ConsistencyRequest,
     MaskedInputRequest,
     Record,
     SecAggClient,
@@ -48,10 +57,52 @@ def _request(message: Message) -> dict[str, Any]:
     return dict(message.content.config_records[SECAGG])
 
 
-def _load(context: Context) -> SecAggClient:
+def _load(context: Context, local: Mapping[str, Any]) -> SecAggClient:
     if _STATE not in context.state.config_records:
         raise ProtocolError("secagg stage message without a preceding setup on this node")
-    return SecAggClient.from_record(dict(context.state.config_records[_STATE]))
+    pki = _round_pki(context, local)
+    return SecAggClient.from_record(
+        dict(context.state.config_records[_STATE]),
+        identity=None if pki is None else pki.identity,
+        trusted_peers=None if pki is None else pki.trusted,
+    )
+
+
+_PKI_STATE = "fedsys.secagg-pki"  # present iff this round runs against a malicious server
+
+
+def _setup_pki(settings: HolderSettings, local: Mapping[str, Any]) -> tuple[HolderPki | None, dict[str, Any]]:
+    """This holder's PKI, and where to find it again in later stages (kept in its own state)."""
+    if settings.partition_id is not None and settings.num_partitions is not None:
+        where: dict[str, Any] = {
+            "partition": settings.partition_id,
+            "num-partitions": settings.num_partitions,
+        }
+        return simulated_pki(
+            local, partition_id=settings.partition_id, num_partitions=settings.num_partitions
+        ), where
+    if settings.identity_key is None or settings.peers is None:
+        return None, {}
+    where = {"identity-key": str(settings.identity_key), "peers": str(settings.peers)}
+    return deployed_pki(settings.identity_key, settings.peers), where
+
+
+def _round_pki(context: Context, local: Mapping[str, Any]) -> HolderPki | None:
+    record = context.state.config_records.get(_PKI_STATE)
+    if record is None:
+        return None
+    if "partition" in record:
+        partition, num = int(str(record["partition"])), int(str(record["num-partitions"]))
+        pki = simulated_pki(local, partition_id=partition, num_partitions=num)
+        if pki is None:
+            raise ProtocolError("this round runs against a malicious server but the simulated PKI is gone")
+        return pki
+    return deployed_pki(Path(str(record["identity-key"])), Path(str(record["peers"])))
+
+
+def _forget_round(context: Context) -> None:
+    for key in (_STATE, _POLICY_STATE, _PKI_STATE):
+        context.state.config_records.pop(key, None)
 
 
 def _save(context: Context, client: SecAggClient) -> None:
@@ -76,6 +127,13 @@ def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
     refusal = check_request(settings.policy, config, server_round=rnd, secure=True, **cohort)
     if refusal is not None:
         return decline(message, *refusal)
+    pki, where = _setup_pki(settings, local) if config.secagg.mode == "malicious" else (None, {})
+    if config.secagg.mode == "malicious" and pki is None:
+        return decline(
+            message,
+            Refusal.NO_SECAGG_IDENTITY,
+            "SecAgg+ against a malicious server needs this holder's identity key and peers file",
+        )
     reason, spent = precheck_budget(config, settings)
     if reason:
         shared = {"epsilon": spent} if settings.policy.share_epsilon else {}
@@ -83,7 +141,12 @@ def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
     refusal = admit_round(settings.policy, context)
     if refusal is not None:
         return decline(message, *refusal)
-    client = SecAggClient(request.recipient)
+    _forget_round(context)  # whatever an unfinished earlier round left
+    if pki is None:
+        client = SecAggClient(request.recipient)
+    else:
+        client = SecAggClient(request.recipient, identity=pki.identity, trusted_peers=pki.trusted)
+        context.state.config_records[_PKI_STATE] = ConfigRecord(where)
     reply = client.advertise_keys(request)
     _save(context, client)
     context.state.config_records[_POLICY_STATE] = ConfigRecord(dict(cohort.items()))
@@ -92,7 +155,7 @@ def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
 
 def share(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
     """Stage 2: Shamir-share this round's secrets among neighbours, sealed per recipient."""
-    client = _load(context)
+    client = _load(context, local)
     reply = client.share_keys(ShareKeysRequest.from_record(_request(message)))
     _save(context, client)
     return _reply(message, reply.to_record())
@@ -104,7 +167,7 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
     The run config travels again with this stage, so the policy is checked again against it
     (with the cohort of the setup): a server cannot pass setup and then ask for less.
     """
-    client = _load(context)
+    client = _load(context, local)
     server, rnd, run_id = server_config(message)
     config, settings = local_settings(context, server, local, message)
     cohort = {k: int(str(v)) for k, v in context.state.config_records[_POLICY_STATE].items()}
@@ -140,12 +203,28 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
     return _reply(message, reply.to_record(), **{MASKED: masked, METRICS: MetricRecord(dict(shared.items()))})
 
 
+def consistency(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
+    """Malicious-server mode: sign the server's survivor set U3, once per round (Bonawitz et al.
+    CCS 2017, Fig. 4 round 3); a semi-honest round has no such stage and the client refuses it."""
+    client = _load(context, local)
+    reply = client.sign_survivors(ConsistencyRequest.from_record(_request(message)))
+    _save(context, client)
+    return _reply(message, reply.to_record())
+
+
 def unmask(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
-    """Stage 4: reveal exactly the shares needed to remove masks; then forget the round."""
-    client = _load(context)
-    reply = client.unmask(UnmaskRequest.from_record(_request(message)))
-    del context.state.config_records[_STATE]
-    context.state.config_records.pop(_POLICY_STATE, None)
+    """Stage 4: reveal exactly the shares needed to remove masks; then forget the round.
+
+    A refused request (e.g. survivors' signatures missing) also ends the round for this holder, so
+    a server cannot try again with another request.
+    """
+    try:
+        client = _load(context, local)
+        reply = client.unmask(UnmaskRequest.from_record(_request(message)))
+    except FedsysError:
+        _forget_round(context)
+        raise
+    _forget_round(context)
     return _reply(message, reply.to_record())
 
 
@@ -162,5 +241,6 @@ HANDLERS: dict[str, Callable[[Message, Context, Mapping[str, Any]], Message]] = 
     "secagg_setup": setup,
     "secagg_share": share,
     "secagg_mask": mask,
+    "secagg_consistency": consistency,
     "secagg_unmask": unmask,
 }

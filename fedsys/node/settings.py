@@ -28,9 +28,14 @@ NODE_KEYS = {
     "device": str,
     "feature-range": str,  # public range of the holder's values: "LO,HI", a .csv table, or "none"
     "dataset-name": str,  # the budget key: one budget per declared data set (default one per holder)
+    # SecAgg+ against a malicious server (fedsys.node.pki): this holder's signing key (the node-auth
+    # OpenSSH key) and the other holders' identity public keys, exchanged out of band among holders
+    "identity-key": str,
+    "peers": str,
     # the holder's participation policy (fedsys.node.policy), parsed there
     "require-dp": str,
     "require-secagg": str,
+    "require-malicious-secagg": str,
     "min-cohort": str,
     "max-rounds-per-run": str,
     "share-epsilon": str,
@@ -53,6 +58,8 @@ class HolderSettings:
     num_partitions: int | None = None
     feature_range: FeatureRange | None = None  # deployment: the holder's own declaration
     dataset_name: str = DEFAULT_BUDGET_KEY
+    identity_key: Path | None = None  # deployment: SecAgg+ signing key (OpenSSH, ECDSA P-384 or Ed25519)
+    peers: Path | None = None  # deployment: the holders' trusted identity public keys (OpenSSH lines)
 
     @property
     def simulated(self) -> bool:
@@ -95,6 +102,13 @@ def holder_settings(
     if budget.accountant not in ("rdp", "prv"):
         raise ConfigError(f"node config budget-accountant must be rdp or prv, got {budget.accountant!r}")
     data_path = Path(str(values["data-path"]))
+    identity_key = Path(str(values["identity-key"])) if values.get("identity-key") else None
+    peers = Path(str(values["peers"])) if values.get("peers") else None
+    if peers is not None and identity_key is None:
+        raise ConfigError(
+            f"node config peers = {str(peers)!r} needs identity-key (the key this holder signs with)"
+        )
+    has_identity = identity_key is not None and peers is not None
     return HolderSettings(
         budget=budget,
         ledger_path=Path(str(values.get("ledger-path", data_path.with_suffix(".ledger.sqlite")))),
@@ -105,8 +119,10 @@ def holder_settings(
         feature_range=parse_feature_range(
             str(values.get("feature-range", "")), key="node config feature-range"
         ),
-        policy=deployment_policy(values, max_epsilon=budget.max_epsilon),
+        policy=deployment_policy(values, max_epsilon=budget.max_epsilon, has_identity=has_identity),
         dataset_name=check_budget_key(str(values.get("dataset-name", DEFAULT_BUDGET_KEY))),
+        identity_key=identity_key,
+        peers=peers,
     )
 
 

@@ -70,3 +70,16 @@ def test_missing_or_invalid_scenario_file(tmp_path):
     bad.write_text("num-rounds = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         RunConfig.from_toml(bad)
+
+
+def test_secagg_mode_is_a_checked_literal_and_reaches_the_secagg_params():
+    from fedsys.coordinator.secure import secagg_params
+
+    config = RunConfig().replace({"secagg.mode": "malicious"})
+
+    assert RunConfig().secagg.mode == "semi-honest"
+    assert secagg_params(config).mode == "malicious"
+    with pytest.raises(ConfigError, match="secagg.mode must be one of"):
+        RunConfig().replace({"secagg.mode": "honest-but-curious"})
+    with pytest.raises(ConfigError, match="complete graph"):
+        RunConfig().replace({"secagg.mode": "malicious", "secagg.degree": 4})

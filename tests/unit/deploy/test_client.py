@@ -131,3 +131,27 @@ def test_a_target_delta_at_or_above_one_over_n_is_warned_about(tmp_path):
     [warning] = check_options(_options(tmp_path / "loose", target_delta=0.1))  # 16 training rows
 
     assert "target-delta 0.1 >= 1/n = 1/16" in warning
+
+
+def test_the_node_key_and_peers_file_reach_the_client_app_as_its_secagg_identity(tmp_path):
+    options = _options(tmp_path)
+    peers = tmp_path / "peers.txt"
+    other = create_node_key(tmp_path / "certs", "other-site")
+    peers.write_text(other.public_key.read_text())
+    with_peers = ClientOptions(**{**options.__dict__, "peers": peers})
+
+    check_options(with_peers)
+    settings = holder_settings(parse_config_args([node_config(with_peers)]), RunConfig())
+    without = holder_settings(parse_config_args([node_config(options)]), RunConfig())
+
+    assert (settings.identity_key, settings.peers) == (options.key.resolve(), peers.resolve())
+    assert settings.policy.require_malicious_secagg  # on by default once the holder names its peers
+    assert without.identity_key == options.key.resolve() and not without.policy.require_malicious_secagg
+
+
+def test_a_peers_file_that_lists_no_key_fails_before_connecting(tmp_path):
+    peers = tmp_path / "peers.txt"
+    peers.write_text("# the other hospitals' keys go here\n")
+
+    with pytest.raises(ConfigError, match="lists no keys"):
+        check_options(_options(tmp_path, peers=peers))
