@@ -1,58 +1,14 @@
 """The plaintext round against a scripted Grid: bad replies are dropped, never averaged in."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
-import pytest
+from coordinator_builders import WEIGHTS, ScriptedGrid
 from flwr.app import Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsys.config import RunConfig
 from fedsys.coordinator.plain import plain_round
 from fedsys.wire import ARRAYS, METRICS, STATUS, STATUS_BUDGET, status_record, to_record
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    """Messages need the identity Flower sets inside a running ServerApp."""
-    for name in ("_task_id", "_run_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
-
-
-WEIGHTS = {"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}
-
-
-class ScriptedGrid:
-    """Answers each message with ``script[node](message)`` (None = no reply).
-
-    Like a SuperLink, it marks a reply's sender on its own: a crashed node's error reply
-    comes from the SuperLink (node 1), not from the node.
-    """
-
-    def __init__(self, script: dict[int, Callable[[Message], Message | None]]) -> None:
-        self.script = script
-        self.sent: list[Message] = []
-        self.inbox: dict[str, Message] = {}
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.script)
-
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for i, message in enumerate(messages):
-            self.sent.append(message)
-            mid = f"m{i}"
-            reply = self.script[message.metadata.dst_node_id](message)
-            if reply is not None:
-                reply.metadata.__dict__["_reply_to_message_id"] = mid
-                sender = 1 if reply.has_error() else message.metadata.dst_node_id
-                reply.metadata.__dict__["_src_node_id"] = sender
-                self.inbox[mid] = reply
-            ids.append(mid)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        return [self.inbox.pop(mid) for mid in list(message_ids) if mid in self.inbox]
 
 
 def _update(value: float, examples: int, **arrays: np.ndarray) -> Callable[[Message], Message]:

@@ -5,33 +5,30 @@ The holder is configured as in deployment (node config with ``identity-key`` and
 the server, writing every byte of the request.
 """
 
-import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ConfigRecord
+from holder_builders import (
+    ROUND,
+    forbid_data_reads,
+    node_context,
+    server_request,
+    setup_request,
+    status_of,
+    write_holder,
+)
 
 from fedsys.config import RunConfig
 from fedsys.errors import ConfigError
-from fedsys.models import build_model, to_arrays
 from fedsys.node import secure
 from fedsys.node.policy import Refusal
 from fedsys.node.settings import holder_settings
 from fedsys.privacy import PrivacyLedger
-from fedsys.secagg import AdvertiseKeysReply, RoundContext, SetupRequest
+from fedsys.secagg import AdvertiseKeysReply
 from fedsys.secagg.consistency import cohort_of
 from fedsys.secagg.identity import keys_payload, load_identity, verify
-from fedsys.wire import ARRAYS, CONFIG, SECAGG, STATUS, to_record
-
-N_FEATURES = 6
-ROUND = RoundContext(run_id=0xFF, round=1)
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    for name in ("_task_id", "_run_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
+from fedsys.wire import SECAGG
 
 
 def _openssh_key(path):
@@ -45,22 +42,10 @@ def _openssh_key(path):
 
 
 def _holder(tmp_path, *, peers=True, **policy):
-    rng = np.random.default_rng(0)
-    rows = [",".join(f"{v:.3f}" for v in rng.uniform(0, 1, N_FEATURES)) + f",{i % 2}" for i in range(60)]
-    data = tmp_path / "hospital.csv"
-    data.write_text(",".join(f"f{i}" for i in range(N_FEATURES)) + ",label\n" + "\n".join(rows) + "\n")
-    PrivacyLedger(tmp_path / "ledger.sqlite", create=True).close()
     own = _openssh_key(tmp_path / "node.key")
     others = [_openssh_key(tmp_path / f"peer{i}.key") for i in (2, 3)]
     (tmp_path / "peers.txt").write_bytes(b"\n".join([own, *others]) + b"\n")
-    node = {
-        "data-path": str(data),
-        "max-epsilon": 50.0,
-        "ledger-path": str(tmp_path / "ledger.sqlite"),
-        "feature-range": "0,1",
-        "identity-key": str(tmp_path / "node.key"),
-        **policy,
-    }
+    node = write_holder(tmp_path, rows=60, **{"identity-key": str(tmp_path / "node.key")}, **policy)
     return node | ({"peers": str(tmp_path / "peers.txt")} if peers else {})
 
 
@@ -70,48 +55,19 @@ def _scenario(mode):
 
 
 def _setup_message(config, threshold=3):
-    setup = SetupRequest(
-        context=ROUND,
-        recipient=1,
-        neighbours=(2, 3),
-        threshold=threshold,
-        ring_bits=40,
-        quant_bits=16,
-        clip_range=8.0,
-        vector_length=14,
-        max_weight=1000.0,
-    )
-    flat = {**config.to_flat(), "server-round": 1, "run-id": "00ff"}
-    weights = to_arrays(build_model(config.model, (N_FEATURES,), 2))
-    content = RecordDict(
-        {CONFIG: ConfigRecord(flat), ARRAYS: to_record(weights), SECAGG: ConfigRecord(setup.to_record())}
-    )
-    return Message(content, message_type="train.secagg_setup", dst_node_id=5), setup
-
-
-def _context(node_config):
-    return Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={})
-
-
-def _no_data_reads(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the holder read its data for a request its policy refuses")
-
-    monkeypatch.setattr("fedsys.node.update.local_data", forbidden)
-
-
-def _reason(reply):
-    return str(reply.content.config_records[STATUS]["reason"])
+    setup = setup_request(threshold)
+    extra = {SECAGG: ConfigRecord(setup.to_record())}
+    return server_request(config, extra=extra, message_type="train.secagg_setup")[0], setup
 
 
 def test_a_holder_with_peers_refuses_a_semi_honest_setup_before_reading_any_data(tmp_path, monkeypatch):
-    context = _context(_holder(tmp_path))
+    context = node_context(_holder(tmp_path))
     message, _ = _setup_message(_scenario("semi-honest"))
-    _no_data_reads(monkeypatch)
+    forbid_data_reads(monkeypatch)
 
     reply = secure.setup(message, context, {})
 
-    assert _reason(reply).startswith(Refusal.MALICIOUS_SECAGG_REQUIRED.value)
+    assert status_of(reply)[1].startswith(Refusal.MALICIOUS_SECAGG_REQUIRED.value)
     assert SECAGG not in reply.content.config_records  # no keys advertised
     assert secure._STATE not in context.state.config_records
     with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
@@ -120,7 +76,7 @@ def test_a_holder_with_peers_refuses_a_semi_honest_setup_before_reading_any_data
 
 def test_a_holder_with_peers_signs_its_keys_for_a_malicious_round(tmp_path):
     node = _holder(tmp_path)
-    context = _context(node)
+    context = node_context(node)
     message, setup = _setup_message(_scenario("malicious"))
 
     reply = secure.setup(message, context, {})
@@ -134,7 +90,7 @@ def test_a_holder_with_peers_signs_its_keys_for_a_malicious_round(tmp_path):
 
 
 def test_a_holder_with_peers_refuses_a_threshold_a_malicious_server_could_split(tmp_path):
-    context = _context(_holder(tmp_path))
+    context = node_context(_holder(tmp_path))
     message, _ = _setup_message(_scenario("malicious"), threshold=2)  # 3 holders need t = 3
 
     with pytest.raises(Exception, match="needs threshold >= 3"):
@@ -142,22 +98,22 @@ def test_a_holder_with_peers_refuses_a_threshold_a_malicious_server_could_split(
 
 
 def test_a_server_cannot_pass_a_malicious_setup_and_then_ask_for_a_semi_honest_mask(tmp_path, monkeypatch):
-    context = _context(_holder(tmp_path))
+    context = node_context(_holder(tmp_path))
     secure.setup(_setup_message(_scenario("malicious"))[0], context, {})
     mask_message, _ = _setup_message(_scenario("semi-honest"))
-    _no_data_reads(monkeypatch)
+    forbid_data_reads(monkeypatch)
 
     with pytest.raises(Exception, match="policy"):
         secure.mask(mask_message, context, {})
 
 
 def test_a_holder_without_peers_declines_a_malicious_round_it_cannot_sign_for(tmp_path, monkeypatch):
-    context = _context(_holder(tmp_path, peers=False))
-    _no_data_reads(monkeypatch)
+    context = node_context(_holder(tmp_path, peers=False))
+    forbid_data_reads(monkeypatch)
 
     reply = secure.setup(_setup_message(_scenario("malicious"))[0], context, {})
 
-    assert _reason(reply).startswith(Refusal.NO_SECAGG_IDENTITY.value)
+    assert status_of(reply)[1].startswith(Refusal.NO_SECAGG_IDENTITY.value)
 
 
 def test_malicious_secagg_is_required_exactly_when_the_holder_has_an_identity_and_peers(tmp_path):

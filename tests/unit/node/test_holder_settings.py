@@ -4,7 +4,6 @@ import math
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsys.config import RunConfig
 from fedsys.errors import ConfigError
@@ -12,12 +11,6 @@ from fedsys.node.handlers import local_settings, server_config
 from fedsys.node.settings import holder_settings
 from fedsys.node.update import _noise_multiplier
 from fedsys.privacy import compute_epsilon, sample_rate_for
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    for name in ("_task_id", "_run_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
 
 
 def _message(flat):

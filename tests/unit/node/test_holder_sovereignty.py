@@ -9,11 +9,18 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ConfigRecord
+from holder_builders import (
+    ROUND,
+    forbid_data_reads,
+    node_context,
+    server_request,
+    setup_request,
+    status_of,
+    write_holder,
+)
 
 from fedsys.config import RunConfig
-from fedsys.models import build_model, to_arrays
 from fedsys.node import handlers, secure
 from fedsys.node.policy import HolderPolicy, Refusal, check_request, deployment_policy
 from fedsys.node.settings import holder_settings
@@ -22,35 +29,12 @@ from fedsys.privacy import PrivacyLedger
 from fedsys.secagg import (
     AdvertiseKeysReply,
     MaskedInputRequest,
-    RoundContext,
     SecAggClient,
-    SetupRequest,
     ShareKeysRequest,
 )
-from fedsys.wire import ARRAYS, CONFIG, METRICS, SECAGG, STATUS, to_record
+from fedsys.wire import ARRAYS, METRICS, SECAGG, STATUS
 
-N_FEATURES, N_ROWS = 6, 120
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    for name in ("_task_id", "_run_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
-
-
-def _holder(tmp_path, **policy):
-    rng = np.random.default_rng(0)
-    rows = [",".join(f"{v:.3f}" for v in rng.uniform(0, 1, N_FEATURES)) + f",{i % 2}" for i in range(N_ROWS)]
-    data = tmp_path / "hospital.csv"
-    data.write_text(",".join(f"f{i}" for i in range(N_FEATURES)) + ",label\n" + "\n".join(rows) + "\n")
-    PrivacyLedger(tmp_path / "ledger.sqlite", create=True).close()  # `fedsys ledger init`
-    return {
-        "data-path": str(data),
-        "max-epsilon": 50.0,
-        "ledger-path": str(tmp_path / "ledger.sqlite"),
-        "feature-range": "0,1",
-        **policy,
-    }
+N_ROWS = 120  # write_holder's default
 
 
 def _scenario(**overrides):
@@ -59,38 +43,13 @@ def _scenario(**overrides):
     return RunConfig().replace({**base, **overrides})
 
 
-def _request(config, rnd=1, extra=None):
-    flat = {**config.to_flat(), "server-round": rnd, "run-id": "00ff"}
-    weights = to_arrays(build_model(config.model, (N_FEATURES,), 2))
-    content = RecordDict({CONFIG: ConfigRecord(flat), ARRAYS: to_record(weights)})
-    for key, record in (extra or {}).items():
-        content[key] = record
-    return Message(content, message_type="train", dst_node_id=5), weights
-
-
-def _context(node_config):
-    return Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={})
-
-
-def _no_data_reads(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the holder read its data for a request its policy refuses")
-
-    monkeypatch.setattr("fedsys.node.update.local_data", forbidden)
-
-
-def _status(reply):
-    record = reply.content.config_records[STATUS]
-    return str(record["status"]), str(record["reason"])
-
-
 # --- 1. DP noise and sampling: nothing the server knows determines them -----------------------
 
 
 def test_a_server_knowing_seed_path_round_and_weights_cannot_replay_a_holders_noise(tmp_path):
     config = _scenario(seed=1234)
-    settings = holder_settings(_holder(tmp_path), config)
-    _, weights = _request(config)
+    settings = holder_settings(write_holder(tmp_path), config)
+    _, weights = server_request(config)
 
     first = compute_update(config, settings, weights, server_round=3, run_id="00ff")
     replay = compute_update(config, settings, weights, server_round=3, run_id="00ff")
@@ -110,13 +69,13 @@ def test_a_server_knowing_seed_path_round_and_weights_cannot_replay_a_holders_no
 
 
 def test_a_server_cannot_switch_dp_off(tmp_path, monkeypatch):
-    node = _holder(tmp_path, **{"require-secagg": "false", "min-cohort": 1})
-    message, _ = _request(_scenario(**{"dp.enabled": False}))
-    _no_data_reads(monkeypatch)
+    node = write_holder(tmp_path, **{"require-secagg": "false", "min-cohort": 1})
+    message, _ = server_request(_scenario(**{"dp.enabled": False}))
+    forbid_data_reads(monkeypatch)
 
-    reply = handlers.train(message, _context(node), {})
+    reply = handlers.train(message, node_context(node), {})
 
-    status, reason = _status(reply)
+    status, reason = status_of(reply)
     assert status == "declined" and reason.startswith(Refusal.DP_REQUIRED.value)
     assert ARRAYS not in reply.content.array_records
     with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
@@ -124,88 +83,77 @@ def test_a_server_cannot_switch_dp_off(tmp_path, monkeypatch):
 
 
 def test_a_holder_requires_secure_aggregation_by_default(tmp_path, monkeypatch):
-    message, _ = _request(_scenario())
-    _no_data_reads(monkeypatch)
+    message, _ = server_request(_scenario())
+    forbid_data_reads(monkeypatch)
 
-    reply = handlers.train(message, _context(_holder(tmp_path)), {})
+    reply = handlers.train(message, node_context(write_holder(tmp_path)), {})
 
-    assert _status(reply)[1].startswith(Refusal.SECAGG_REQUIRED.value)
+    assert status_of(reply)[1].startswith(Refusal.SECAGG_REQUIRED.value)
     assert ARRAYS not in reply.content.array_records
 
 
-ROUND = RoundContext(run_id=0xFF, round=1)
-
-
-def _setup(threshold, neighbours=(2, 3), recipient=1, max_weight=1000.0):
-    return SetupRequest(
-        context=ROUND,
-        recipient=recipient,
-        neighbours=neighbours,
-        threshold=threshold,
-        ring_bits=40,
-        quant_bits=16,
-        clip_range=8.0,
-        vector_length=14,  # logreg, 6 features, 2 classes
-        max_weight=max_weight,
-    )
-
-
 def _setup_record(threshold, neighbours=(2, 3)):
-    return _setup(threshold, neighbours).to_record()
+    return setup_request(threshold, neighbours).to_record()
 
 
 def test_a_secure_round_that_could_release_a_sum_below_the_holders_cohort_is_refused(tmp_path, monkeypatch):
-    node = _holder(tmp_path, **{"min-cohort": 3})
-    message, _ = _request(_scenario(), extra={SECAGG: ConfigRecord(_setup_record(threshold=2))})
-    _no_data_reads(monkeypatch)
+    node = write_holder(tmp_path, **{"min-cohort": 3})
+    message, _ = server_request(_scenario(), extra={SECAGG: ConfigRecord(_setup_record(threshold=2))})
+    forbid_data_reads(monkeypatch)
 
-    reply = secure.setup(message, _context(node), {})
+    reply = secure.setup(message, node_context(node), {})
 
-    assert _status(reply)[1].startswith(Refusal.COHORT_TOO_SMALL.value)
-    assert secure._STATE not in _context(node).state.config_records
+    assert status_of(reply)[1].startswith(Refusal.COHORT_TOO_SMALL.value)
+    assert secure._STATE not in node_context(node).state.config_records
 
 
 def test_a_server_cannot_pass_setup_and_then_ask_for_less(tmp_path, monkeypatch):
-    node = _holder(tmp_path)
-    context = _context(node)
-    setup_message, _ = _request(_scenario(), extra={SECAGG: ConfigRecord(_setup_record(threshold=2))})
+    node = write_holder(tmp_path)
+    context = node_context(node)
+    setup_message, _ = server_request(_scenario(), extra={SECAGG: ConfigRecord(_setup_record(threshold=2))})
     assert STATUS not in secure.setup(setup_message, context, {}).content.config_records
-    mask_message, _ = _request(_scenario(**{"dp.enabled": False}), extra={SECAGG: ConfigRecord({})})
-    _no_data_reads(monkeypatch)
+    mask_message, _ = server_request(_scenario(**{"dp.enabled": False}), extra={SECAGG: ConfigRecord({})})
+    forbid_data_reads(monkeypatch)
 
     with pytest.raises(Exception, match="policy"):
         secure.mask(mask_message, context, {})
 
 
 def test_a_holder_refuses_more_rounds_than_it_allows(tmp_path, monkeypatch):
-    node = _holder(tmp_path, **{"max-rounds-per-run": 3, "require-secagg": "false", "min-cohort": 1})
-    _no_data_reads(monkeypatch)
+    node = write_holder(tmp_path, **{"max-rounds-per-run": 3, "require-secagg": "false", "min-cohort": 1})
+    forbid_data_reads(monkeypatch)
 
-    long_run = handlers.train(_request(_scenario(**{"num-rounds": 4}))[0], _context(node), {})
-    late_round = handlers.train(_request(_scenario(**{"num-rounds": 3}), rnd=9)[0], _context(node), {})
+    long_run = handlers.train(server_request(_scenario(**{"num-rounds": 4}))[0], node_context(node), {})
+    late_round = handlers.train(
+        server_request(_scenario(**{"num-rounds": 3}), rnd=9)[0], node_context(node), {}
+    )
 
-    assert _status(long_run)[1].startswith(Refusal.TOO_MANY_ROUNDS.value)
-    assert _status(late_round)[1].startswith(Refusal.TOO_MANY_ROUNDS.value)
+    assert status_of(long_run)[1].startswith(Refusal.TOO_MANY_ROUNDS.value)
+    assert status_of(late_round)[1].startswith(Refusal.TOO_MANY_ROUNDS.value)
 
 
 def test_a_server_repeating_round_one_is_counted_all_the_same(tmp_path):
-    node = _holder(tmp_path, **{"max-rounds-per-run": 2, "require-secagg": "false", "min-cohort": 1})
-    context = _context(node)  # the SuperNode keeps one context per run
-    message = _request(_scenario(**{"num-rounds": 1}), rnd=1)[0]
+    node = write_holder(tmp_path, **{"max-rounds-per-run": 2, "require-secagg": "false", "min-cohort": 1})
+    context = node_context(node)  # the SuperNode keeps one context per run
+    message = server_request(_scenario(**{"num-rounds": 1}), rnd=1)[0]
 
     replies = [handlers.train(message, context, {}) for _ in range(3)]
 
-    assert [STATUS in r.content.config_records and _status(r)[0] for r in replies] == ["ok", "ok", "declined"]
-    assert _status(replies[2])[1].startswith(Refusal.TOO_MANY_ROUNDS.value)
+    assert [STATUS in r.content.config_records and status_of(r)[0] for r in replies] == [
+        "ok",
+        "ok",
+        "declined",
+    ]
+    assert status_of(replies[2])[1].startswith(Refusal.TOO_MANY_ROUNDS.value)
 
 
 def test_a_mask_request_that_cannot_complete_costs_no_budget(tmp_path, monkeypatch):
-    context = _context(_holder(tmp_path))
-    setup_message, _ = _request(_scenario(), extra={SECAGG: ConfigRecord(_setup_record(threshold=2))})
+    context = node_context(write_holder(tmp_path))
+    setup_message, _ = server_request(_scenario(), extra={SECAGG: ConfigRecord(_setup_record(threshold=2))})
     secure.setup(setup_message, context, {})
     skipped_share = MaskedInputRequest(context=ROUND, recipient=1, envelopes={})  # stage 2 never ran
-    mask_message, _ = _request(_scenario(), extra={SECAGG: ConfigRecord(skipped_share.to_record())})
-    _no_data_reads(monkeypatch)
+    mask_message, _ = server_request(_scenario(), extra={SECAGG: ConfigRecord(skipped_share.to_record())})
+    forbid_data_reads(monkeypatch)
 
     with pytest.raises(Exception, match="expected stage 2"):
         secure.mask(mask_message, context, {})
@@ -215,30 +163,34 @@ def test_a_mask_request_that_cannot_complete_costs_no_budget(tmp_path, monkeypat
 
 
 def test_the_weight_is_clamped_with_the_max_weight_agreed_at_setup(tmp_path):
-    context = _context(_holder(tmp_path))
+    context = node_context(write_holder(tmp_path))
     config = _scenario()  # its secagg.max-weight (10000) exceeds the setup's 1.0
-    setup = _setup(threshold=2, neighbours=(2,), max_weight=1.0)
-    setup_message, _ = _request(config, extra={SECAGG: ConfigRecord(setup.to_record())})
+    setup = setup_request(threshold=2, neighbours=(2,), max_weight=1.0)
+    setup_message, _ = server_request(config, extra={SECAGG: ConfigRecord(setup.to_record())})
     own_keys = secure.setup(setup_message, context, {}).content.config_records[SECAGG]
     peer = SecAggClient(2)
-    peer_keys = peer.advertise_keys(_setup(threshold=2, neighbours=(1,), recipient=2, max_weight=1.0)).keys
+    peer_keys = peer.advertise_keys(
+        setup_request(threshold=2, neighbours=(1,), recipient=2, max_weight=1.0)
+    ).keys
     share = ShareKeysRequest(context=ROUND, recipient=1, peer_keys={2: peer_keys})
-    secure.share(_request(config, extra={SECAGG: ConfigRecord(share.to_record())})[0], context, {})
+    secure.share(server_request(config, extra={SECAGG: ConfigRecord(share.to_record())})[0], context, {})
     mine = AdvertiseKeysReply.from_record(dict(own_keys)).keys
     envelopes = peer.share_keys(ShareKeysRequest(context=ROUND, recipient=2, peer_keys={1: mine})).envelopes
     masked = MaskedInputRequest(context=ROUND, recipient=1, envelopes={2: envelopes[1]})
 
-    reply = secure.mask(_request(config, extra={SECAGG: ConfigRecord(masked.to_record())})[0], context, {})
+    reply = secure.mask(
+        server_request(config, extra={SECAGG: ConfigRecord(masked.to_record())})[0], context, {}
+    )
 
     assert "masked" in reply.content.array_records
 
 
 def test_a_real_holders_error_text_stays_in_its_log(tmp_path):
-    node = _holder(tmp_path, **{"require-secagg": "false", "min-cohort": 1})
-    message, _ = _request(_scenario(**{"num-classes": 1}))  # labels 0 and 1: a DataError at the holder
+    node = write_holder(tmp_path, **{"require-secagg": "false", "min-cohort": 1})
+    message, _ = server_request(_scenario(**{"num-classes": 1}))  # labels 0 and 1: a DataError at the holder
 
     with pytest.raises(Exception) as raised:
-        handlers.private_errors(handlers.train)(message, _context(node), {})
+        handlers.private_errors(handlers.train)(message, node_context(node), {})
 
     assert "hospital.csv" not in str(raised.value) and "label" not in str(raised.value)
     assert "DataError" in str(raised.value) or "Error" in str(raised.value)
@@ -256,10 +208,10 @@ def test_deployment_defaults_are_the_safe_ones():
 
 
 def test_a_plaintext_dp_reply_reveals_nothing_of_the_data_size_unless_the_holder_opts_in(tmp_path):
-    message, _ = _request(_scenario())
-    quiet = _holder(tmp_path, **{"require-secagg": "false", "min-cohort": 1})
+    message, _ = server_request(_scenario())
+    quiet = write_holder(tmp_path, **{"require-secagg": "false", "min-cohort": 1})
 
-    reply = handlers.train(message, _context(quiet), {})
+    reply = handlers.train(message, node_context(quiet), {})
 
     shared = dict(reply.content.metric_records[METRICS])
     assert shared == {}  # no epsilon, steps or example count: each reveals n
