@@ -117,6 +117,19 @@ def metric(record: Mapping[str, object], key: str, default: float = 0.0) -> floa
     return number
 
 
+def optional_metric(record: Mapping[str, object] | None, key: str) -> float | None:
+    """A scalar metric if ``record`` has it (checked as :func:`metric` does), else None."""
+    return metric(record, key) if record is not None and key in record else None
+
+
+def epsilon_metric(record: Mapping[str, object] | None) -> float | None:
+    """The cumulative epsilon a node reported, if any; ProtocolError unless a finite number >= 0."""
+    epsilon = optional_metric(record, "epsilon")
+    if epsilon is not None and epsilon < 0:
+        raise ProtocolError(f"epsilon must be >= 0, got {epsilon}")
+    return epsilon
+
+
 def status_of(reply: Message) -> str:
     """The status a client put in its reply (``ok`` when absent)."""
     content = reply.content

@@ -23,7 +23,9 @@ from fedsys.wire import (
     DECLINED,
     METRICS,
     STATUS_OK,
+    epsilon_metric,
     metric,
+    optional_metric,
     reason_of,
     require_arrays,
     status_of,
@@ -150,9 +152,7 @@ def parse_train_reply(
     if reply.metadata.src_node_id != node:
         raise ProtocolError(f"reply to node {node} comes from node {reply.metadata.src_node_id}")
     metrics = dict(reply.content.metric_records.get(METRICS, {}))
-    epsilon = _optional(metrics, "epsilon")
-    if epsilon is not None and epsilon < 0:
-        raise ProtocolError(f"epsilon must be >= 0, got {epsilon}")
+    epsilon = epsilon_metric(metrics)
     status = status_of(reply)
     if status in DECLINED:
         return TrainReply(status=status, reason=reason_of(reply), epsilon=epsilon)
@@ -168,7 +168,7 @@ def parse_train_reply(
         delta=_as_model_dtype(delta, expected, node),
         num_examples=num_examples,
         epsilon=epsilon,
-        train_loss=_optional(metrics, "train-loss"),
+        train_loss=optional_metric(metrics, "train-loss"),
     )
 
 
@@ -183,7 +183,3 @@ def _as_model_dtype(
             raise ModelError(f"weights from node {node}: {name} exceeds the {expected[name].dtype} range")
         out[name] = value.astype(expected[name].dtype)
     return out
-
-
-def _optional(metrics: Mapping[str, object], key: str) -> float | None:
-    return metric(metrics, key) if key in metrics else None

@@ -50,7 +50,8 @@ from fedsys.wire import (
     METRICS,
     SECAGG,
     decode_array,
-    metric,
+    epsilon_metric,
+    optional_metric,
     reason_of,
     status_of,
     to_record,
@@ -238,21 +239,14 @@ def _note_refusal(outcome: RoundOutcome, node: int, reply: Message) -> None:
 
 def _note_epsilon(outcome: RoundOutcome, node: int, reply: Message) -> None:
     """Record the node's epsilon if it sent one; ProtocolError unless it is a finite number >= 0."""
-    epsilon = _optional_metric(reply, "epsilon")
-    if epsilon is not None and epsilon < 0:
-        raise ProtocolError(f"epsilon must be >= 0, got {epsilon}")
+    epsilon = epsilon_metric(reply.content.metric_records.get(METRICS))
     if epsilon is not None:
         outcome.epsilons[node] = epsilon
 
 
 def _note_training(outcome: RoundOutcome, node: int, reply: Message) -> None:
     """Record the mask-stage metrics; ProtocolError (nothing recorded) if any is malformed."""
-    loss = _optional_metric(reply, "train-loss")
+    loss = optional_metric(reply.content.metric_records.get(METRICS), "train-loss")
     _note_epsilon(outcome, node, reply)
     if loss is not None:
         outcome.train_losses.append(loss)
-
-
-def _optional_metric(reply: Message, key: str) -> float | None:
-    metrics = reply.content.metric_records.get(METRICS)
-    return metric(metrics, key) if metrics is not None and key in metrics else None

@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from fedsys.config import RunConfig
 from fedsys.errors import FedsysError, ProtocolError
 from fedsys.node.policy import HolderPolicy, Refusal, check_request
-from fedsys.node.settings import HolderSettings, holder_settings
+from fedsys.node.settings import HolderSettings, holder_settings, is_virtual_node
 from fedsys.node.update import compute_update, shareable_metrics, shares_size
 from fedsys.wire import (
     ARRAYS,
@@ -121,7 +121,7 @@ def private_errors(handler: Handler) -> Handler:
         try:
             return handler(message, context, local)
         except Exception as err:
-            if "num-partitions" in context.node_config:
+            if is_virtual_node(context.node_config):
                 raise
             log.exception("could not serve %s", message.metadata.message_type)
             raise FedsysError(

@@ -178,7 +178,7 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
     global_arrays = require_arrays(message, ARRAYS)
     # Before any record is read: a request that cannot complete must not cost budget. The weight
     # is clamped with the max-weight agreed at setup, not with what this message's config says.
-    max_weight = client.admit_masked_input(request, vector_length=flatten(global_arrays).size)
+    max_weight = client.admit_masked_input(request, vector_length=sum(a.size for a in global_arrays.values()))
     update = compute_update(config, settings, global_arrays, server_round=rnd, run_id=run_id)
     if update.status != "ok":  # the budget changed since setup (e.g. another run): drop out
         raise ProtocolError(

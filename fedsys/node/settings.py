@@ -67,6 +67,11 @@ class HolderSettings:
         return self.partition_id is not None
 
 
+def is_virtual_node(node_config: Mapping[str, object]) -> bool:
+    """True for a virtual node of the simulation engine (its node config names its partitions)."""
+    return "num-partitions" in node_config
+
+
 def holder_settings(
     node_config: Mapping[str, object], run: RunConfig, *, partition: int | None = None
 ) -> HolderSettings:
@@ -75,7 +80,7 @@ def holder_settings(
     ``partition`` is the partition the simulation server assigned for this round; it is
     honoured only on a virtual node (whose node config has ``num-partitions``).
     """
-    if "num-partitions" in node_config:
+    if is_virtual_node(node_config):
         pid = partition if partition is not None else int(str(node_config["partition-id"]))
         num = run.simulation.num_clients if partition is not None else int(str(node_config["num-partitions"]))
         ledger_dir = Path(run.ledger_dir or "runs/ledgers")
