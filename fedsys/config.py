@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args, get_type_hints
 from fedsys.errors import ConfigError
 
 StrategyName = Literal["fedavg", "fedprox"]
+ServerOptimizerName = Literal["sgd", "momentum", "adagrad", "adam", "yogi"]
 Accountant = Literal["rdp", "prv"]
 GradSampleMode = Literal["auto", "hooks", "ghost"]
 BudgetPolicy = Literal["refuse", "truncate"]
@@ -92,6 +93,34 @@ class TrainConfig:
         _require(self.proximal_mu >= 0, "train.proximal-mu", self.proximal_mu, "must be >= 0")
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             raise ConfigError("train.strategy 'fedprox' needs train.proximal-mu > 0, got 0")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The server optimizer applied to each round's aggregated delta (``[server]``).
+
+    ``sgd`` with ``lr`` 1 is plain FedAvg. ``momentum`` is FedAvgM (Hsu et al. 2019); ``adagrad``,
+    ``adam`` and ``yogi`` are FedAdagrad/FedAdam/FedYogi (Reddi et al., ICLR 2021, Algorithm 2).
+    ``momentum`` is FedAvgM's only; ``beta1``, ``beta2`` and ``tau`` (the degree of adaptivity)
+    are the adaptive optimizers' (``adagrad`` uses no ``beta2``). The equations are in
+    :mod:`fedsys.strategy.server_optimizer`.
+    """
+
+    optimizer: ServerOptimizerName = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0 and math.isfinite(self.lr), "server.lr", self.lr, "must be a finite number > 0")
+        _require(0 <= self.momentum < 1, "server.momentum", self.momentum, "must be in [0, 1)")
+        _require(0 <= self.beta1 < 1, "server.beta1", self.beta1, "must be in [0, 1)")
+        _require(0 <= self.beta2 < 1, "server.beta2", self.beta2, "must be in [0, 1)")
+        _require(
+            self.tau > 0 and math.isfinite(self.tau), "server.tau", self.tau, "must be a finite number > 0"
+        )
 
 
 @dataclass(frozen=True)
@@ -237,6 +266,7 @@ class RunConfig:
     # the public range of a data file's values (simulation; a real holder declares its own)
     feature_range: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     dp: DPConfig = field(default_factory=DPConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)

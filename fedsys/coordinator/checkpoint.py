@@ -1,7 +1,8 @@
 """Atomic per-round checkpoints of the server's state, so a run can resume.
 
-One ``.npz`` file: the global weights plus a JSON document (round, sampling RNG state,
-strategy state, metrics so far). Written to a temporary file, fsynced, then renamed over
+One ``.npz`` file: the global weights, the server optimizer's moments (as arrays, so they
+round-trip exactly) and a JSON document (round, sampling RNG state, strategy state, server
+optimizer name and step, metrics so far). Written to a temporary file, fsynced, then renamed over
 the old one, so a crash leaves either the previous or the new checkpoint, never half.
 """
 
@@ -17,9 +18,14 @@ from typing import Any
 import numpy as np
 
 from fedsys.errors import ConfigError
+from fedsys.strategy import ServerOptimizerState
 
 CHECKPOINT_NAME = "checkpoint.npz"
 _STATE_KEY = "__fedsys_state__"
+# Array-name prefixes of the optimizer's moments; model parameter names never start with "__".
+_FIRST_MOMENT = "__fedsys_server_m__:"
+_SECOND_MOMENT = "__fedsys_server_v__:"
+_OPTIMIZER_KEY = "server-optimizer"
 
 
 @dataclass
@@ -33,6 +39,8 @@ class ServerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     exhausted: list[str] = field(default_factory=list)
     strategy: dict[str, Any] = field(default_factory=dict)
+    # None only when read from a checkpoint written before server optimizers existed
+    optimizer: ServerOptimizerState | None = None
 
 
 def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
@@ -46,11 +54,16 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
         "exhausted": state.exhausted,
         "strategy": state.strategy,
     }
+    arrays: dict[str, Any] = dict(state.weights)
+    if state.optimizer is not None:
+        doc[_OPTIMIZER_KEY] = {"optimizer": state.optimizer.optimizer, "step": state.optimizer.step}
+        arrays.update({_FIRST_MOMENT + k: v for k, v in state.optimizer.first_moment.items()})
+        arrays.update({_SECOND_MOMENT + k: v for k, v in state.optimizer.second_moment.items()})
+    arrays[_STATE_KEY] = np.array(json.dumps(doc))
     target = run_dir / CHECKPOINT_NAME
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as fh:
-            arrays: dict[str, Any] = {**state.weights, _STATE_KEY: np.array(json.dumps(doc))}
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
@@ -68,7 +81,14 @@ def load_checkpoint(run_dir: Path) -> ServerState:
         raise ConfigError(f"no checkpoint to resume from in {run_dir} (expected {CHECKPOINT_NAME})")
     with np.load(path, allow_pickle=False) as data:
         doc = json.loads(str(data[_STATE_KEY]))
-        weights = {k: data[k] for k in data.files if k != _STATE_KEY}
+        moments = (_FIRST_MOMENT, _SECOND_MOMENT)
+        weights = {k: data[k] for k in data.files if k != _STATE_KEY and not k.startswith(moments)}
+        first = _with_prefix(data, _FIRST_MOMENT)
+        second = _with_prefix(data, _SECOND_MOMENT)
+    saved = doc.get(_OPTIMIZER_KEY)
+    optimizer = None
+    if saved is not None:
+        optimizer = ServerOptimizerState(saved["optimizer"], int(saved["step"]), first, second)
     return ServerState(
         round=int(doc["round"]),
         run_id=str(doc["run_id"]),
@@ -77,4 +97,9 @@ def load_checkpoint(run_dir: Path) -> ServerState:
         history=doc["history"],
         exhausted=doc["exhausted"],
         strategy=doc["strategy"],
+        optimizer=optimizer,
     )
+
+
+def _with_prefix(data: Any, prefix: str) -> dict[str, np.ndarray]:
+    return {k.removeprefix(prefix): data[k] for k in data.files if k.startswith(prefix)}

@@ -1,4 +1,5 @@
-"""The server's round loop: sample, train (plain or secure aggregation), evaluate, record."""
+"""The server's round loop: sample, train (plain or secure aggregation), step the server
+optimizer, evaluate, record."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from flwr.serverapp import Grid
 
 from fedsys import results
-from fedsys.config import RunConfig
+from fedsys.config import RunConfig, ServerConfig
 from fedsys.coordinator.checkpoint import ServerState, load_checkpoint, save_checkpoint
 from fedsys.coordinator.plain import plain_round
 from fedsys.coordinator.population import discover
@@ -24,7 +25,7 @@ from fedsys.data import central_test_data
 from fedsys.data.dataset import ArrayDataset
 from fedsys.errors import AbortedRoundError, ConfigError
 from fedsys.models import build_model, load_weights, to_arrays
-from fedsys.strategy import apply_delta
+from fedsys.strategy import ServerOptimizerState, apply_server_optimizer, resume_optimizer_state
 from fedsys.training import evaluate, resolve_device
 
 log = logging.getLogger("fedsys")
@@ -43,6 +44,10 @@ class Coordinator:
     resume: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     epsilon_by_client: dict[str, float] = field(default_factory=dict)  # latest cumulative epsilon
+    optimizer_state: ServerOptimizerState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.optimizer_state = ServerOptimizerState(self.config.server.optimizer)
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) all rounds; returns the summary written to summary.json."""
@@ -71,8 +76,9 @@ class Coordinator:
             outcome = self._train_round(assignment, weights, rnd, run_id)
             exhausted.update(assignment[n] for n in outcome.declined)
             self.epsilon_by_client.update({assignment[n]: eps for n, eps in outcome.epsilons.items()})
-            if outcome.delta is not None:
-                weights = apply_delta(weights, outcome.delta)
+            weights, self.optimizer_state = next_model(
+                weights, outcome, self.optimizer_state, config=cfg.server, rnd=rnd
+            )
             t_eval = time.perf_counter()
             record = outcome.record(rnd, sampled)
             if central is not None:
@@ -91,6 +97,7 @@ class Coordinator:
                     self.history,
                     sorted(exhausted),
                     strategy={"epsilon-by-client": dict(self.epsilon_by_client)},
+                    optimizer=self.optimizer_state,
                 ),
             )
         return self._summarise(weights, run_id, stop_reason)
@@ -104,6 +111,9 @@ class Coordinator:
             rng.bit_generator.state = state.rng_state
             self.history = state.history
             self.epsilon_by_client = dict(state.strategy.get("epsilon-by-client", {}))
+            self.optimizer_state = resume_optimizer_state(
+                state.optimizer, state.weights, config=self.config.server
+            )
             results.rewrite_metrics(self.run_dir, self.history)
             log.info("resuming run %s after round %d", state.run_id, state.round)
             return state.weights, rng, state.run_id, state.round + 1, set(state.exhausted)
@@ -156,6 +166,31 @@ class Coordinator:
         }
         results.write_summary(self.run_dir, summary)
         return summary
+
+
+def next_model(
+    weights: dict[str, np.ndarray],
+    outcome: RoundOutcome,
+    state: ServerOptimizerState,
+    *,
+    config: ServerConfig,
+    rnd: int,
+) -> tuple[dict[str, np.ndarray], ServerOptimizerState]:
+    """The global model and server-optimizer state after a round.
+
+    Only the round's aggregate (``outcome.delta``) reaches the optimizer, whichever aggregation
+    produced it. A round without one leaves model and state as they were; so does a step the
+    optimizer refuses (a model that would not be finite), which abandons the round.
+    """
+    if outcome.delta is None:
+        return weights, state
+    try:
+        return apply_server_optimizer(weights, outcome.delta, state, config=config)
+    except AbortedRoundError as err:
+        outcome.status, outcome.delta = "abandoned", None
+        outcome.message = f"{err}; global model unchanged"
+        log.warning("round %d abandoned: %s", rnd, outcome.message)
+        return weights, state
 
 
 def _initial_model(cfg: RunConfig, central: ArrayDataset | None) -> torch.nn.Module:

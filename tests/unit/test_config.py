@@ -36,6 +36,16 @@ def test_flat_and_nested_keys_build_the_same_config():
         ({"dp.accountant": "gdp"}, "dp.accountant must be one of rdp, prv, got 'gdp'"),
         ({"train.strategy": "fedprox"}, "needs train.proximal-mu > 0"),
         ({"secagg.clip-range": float("nan")}, "secagg.clip-range must be a finite number > 0"),
+        ({"server.optimizer": "adamw"}, "server.optimizer must be one of sgd, momentum, adagrad, adam, yogi"),
+        ({"server.lr": 0.0}, "server.lr must be a finite number > 0, got 0.0"),
+        ({"server.lr": float("inf")}, "server.lr must be a finite number > 0, got inf"),
+        ({"server.momentum": 1.0}, "server.momentum must be in [0, 1), got 1.0"),
+        ({"server.beta1": -0.1}, "server.beta1 must be in [0, 1), got -0.1"),
+        ({"server.beta2": 1}, "server.beta2 must be in [0, 1), got 1.0"),
+        ({"server.beta2": float("nan")}, "server.beta2 must be in [0, 1), got nan"),
+        ({"server.tau": 0}, "server.tau must be a finite number > 0, got 0.0"),
+        ({"server.learning-rate": 0.1}, "unknown config key 'server.learning-rate'"),
+        ({"server": 1.0}, "server is a section, got 1.0"),
     ],
 )
 def test_bad_keys_and_values_name_the_key_and_echo_the_value(mapping, fragment):
@@ -83,3 +93,22 @@ def test_secagg_mode_is_a_checked_literal_and_reaches_the_secagg_params():
         RunConfig().replace({"secagg.mode": "honest-but-curious"})
     with pytest.raises(ConfigError, match="complete graph"):
         RunConfig().replace({"secagg.mode": "malicious", "secagg.degree": 4})
+
+
+def test_server_optimizer_defaults_to_plain_fedavg_and_reads_flat_and_nested_keys():
+    server = RunConfig().server
+    flat = RunConfig.from_mapping({"server.optimizer": "yogi", "server.lr": 0.03, "server.tau": 1e-2})
+    nested = RunConfig.from_mapping({"server": {"optimizer": "yogi", "lr": 0.03, "tau": 0.01}})
+
+    assert (server.optimizer, server.lr) == ("sgd", 1.0)
+    assert (server.momentum, server.beta1, server.beta2, server.tau) == (0.9, 0.9, 0.99, 1e-3)
+    assert flat == nested and flat.server.beta2 == 0.99
+    assert RunConfig.from_mapping(flat.to_flat()) == flat
+    assert {k for k in RunConfig().to_flat() if k.startswith("server.")} == {
+        "server.optimizer",
+        "server.lr",
+        "server.momentum",
+        "server.beta1",
+        "server.beta2",
+        "server.tau",
+    }
