@@ -12,6 +12,8 @@ from simulations.harness import run_scenario
 pytestmark = pytest.mark.integration
 
 SCENARIO = Path(__file__).parents[2] / "simulations" / "digits.toml"
+# A fixed noise multiplier and small batches: every round spends the same, a few rounds fit in 2.5.
+FIXED_NOISE = {"dp.target-epsilon": 0.0, "dp.noise-multiplier": 1.2, "train.batch-size": 16, "train.lr": 0.3}
 
 
 def _spent(run: Path) -> list[float]:
@@ -25,7 +27,7 @@ def _spent(run: Path) -> list[float]:
 
 
 def test_clients_refuse_past_their_budget_and_the_run_stops(tmp_path):
-    config = RunConfig.from_toml(SCENARIO).replace({"num-rounds": 6, "budget.max-epsilon": 2.5})
+    config = RunConfig.from_toml(SCENARIO).replace({**FIXED_NOISE, "num-rounds": 6, "budget.max-epsilon": 2.5})
 
     summary = run_scenario(config, tmp_path / "run")
 
@@ -42,6 +44,7 @@ def test_clients_refuse_past_their_budget_and_the_run_stops(tmp_path):
 def test_truncate_spends_up_to_the_budget_exactly_never_beyond(tmp_path):
     config = RunConfig.from_toml(SCENARIO).replace(
         {
+            **FIXED_NOISE,
             "num-rounds": 4,
             "budget.max-epsilon": 2.5,
             "budget.policy": "truncate",
