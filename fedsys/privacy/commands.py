@@ -46,6 +46,9 @@ def plan(
 ) -> None:
     """Noise multiplier that makes a client's whole schedule end at --target-epsilon.
 
+    With --dataset-size but no --batch-size, suggests a schedule instead: batch sizes ranked
+    best first, each with its noise multiplier (RDP), steps and signal-to-noise ratio.
+
     steps = rounds x local steps per round. With --dataset-size N --batch-size B the sampling
     rate is Opacus' 1/ceil(N/B) and one local epoch is ceil(N/B) steps; with --sample-rate q
     one epoch is 1/q steps. Shows the RDP and PRV accountants side by side, each with the
@@ -54,8 +57,22 @@ def plan(
     from fedsys.cli import guarded
 
     def _run() -> None:
-        from fedsys.privacy.planning import noise_for_target, resolve_schedule
+        from fedsys.privacy.planning import noise_for_target, resolve_schedule, suggest_batch_sizes
 
+        if dataset_size is not None and batch_size is None and sample_rate is None and local_steps is None:
+            candidates = suggest_batch_sizes(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                dataset_size=dataset_size,
+                rounds=rounds,
+                local_epochs=1 if local_epochs is None else local_epochs,
+            )
+            suggestion = _suggestion(target_epsilon, delta, dataset_size, candidates)
+            if as_json:
+                typer.echo(json.dumps(suggestion, indent=2))
+            else:
+                _print_suggestion(suggestion)
+            return
         schedule = resolve_schedule(
             rounds=rounds,
             local_epochs=local_epochs,
@@ -90,6 +107,62 @@ def plan(
             _print_plan(result)
 
     guarded(_run)
+
+
+def _suggestion(
+    target_epsilon: float, delta: float, dataset_size: int, candidates: list[Any]
+) -> dict[str, Any]:
+    rows = [
+        {
+            "batch_size": c.batch_size,
+            "sample_rate": c.schedule.sample_rate,
+            "rounds": c.schedule.rounds,
+            "steps_per_round": c.schedule.steps_per_round,
+            "steps": c.schedule.steps,
+            "noise_multiplier": c.noise_multiplier,
+            "signal_to_noise": c.signal_to_noise,
+        }
+        for c in candidates
+    ]
+    return {
+        "target_epsilon": target_epsilon,
+        "target_delta": delta,
+        "dataset_size": dataset_size,
+        "accountant": "rdp",
+        "suggested": rows[0],
+        "candidates": rows,
+    }
+
+
+def _print_suggestion(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from fedsys.cli import stdout
+
+    table = Table(
+        title=(
+            f"ε ≤ {result['target_epsilon']:g} at δ = {result['target_delta']:g} for "
+            f"{result['dataset_size']} records (RDP), best first"
+        )
+    )
+    for column in ("batch size", "q", "steps", "noise multiplier", "signal/noise"):
+        table.add_column(column, justify="right")
+    for row in result["candidates"]:
+        table.add_row(
+            str(row["batch_size"]),
+            f"{row['sample_rate']:.4g}",
+            f"{row['steps']} ({row['rounds']} × {row['steps_per_round']})",
+            f"{row['noise_multiplier']:.4f}",
+            f"{row['signal_to_noise']:.1f}",
+        )
+    stdout.print(table)
+    best = result["suggested"]
+    stdout.print(
+        f"suggested: --batch-size {best['batch_size']} with noise multiplier "
+        f"{best['noise_multiplier']:.4f} (dp.target-epsilon = {result['target_epsilon']:g} does "
+        "this per holder); scale the learning rate with the batch size",
+        highlight=False,
+    )
 
 
 def _print_plan(result: dict[str, Any]) -> None:

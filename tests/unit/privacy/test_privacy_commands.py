@@ -276,3 +276,44 @@ def test_ledger_show_flags_a_budget_whose_data_changed(tmp_path):
     assert "2 (changed)" in table.stdout and "WARNING: the data of budget 'default' changed" in table.stdout
     [total] = json.loads(as_json.stdout)["totals"]
     assert (total["budget_key"], total["entries"], total["fingerprints"]) == ("default", 2, 2)
+
+
+def _oracle_rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int) -> float:
+    """dp_accounting's RDP accountant on Opacus' orders: an implementation independent of ours."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+    from opacus.accountants import RDPAccountant
+
+    event = dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
+    accountant = RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
+    accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return float(accountant.get_epsilon(1e-5))
+
+
+def test_without_a_batch_size_plan_suggests_batch_sizes_best_first_each_meeting_the_target():
+    payload = _plan_json("--dataset-size", "287", "--local-epochs", "2")
+
+    rows = payload["candidates"]
+    # powers of two from 8 while an epoch keeps at least 4 steps: ceil(287 / 64) = 5, / 128 = 3
+    assert sorted(r["batch_size"] for r in rows) == [8, 16, 32, 64]
+    for row in rows:
+        assert row["sample_rate"] == 1 / math.ceil(287 / row["batch_size"])
+        assert row["steps"] == 20 * 2 * math.ceil(287 / row["batch_size"])
+        epsilon = _oracle_rdp_epsilon(row["noise_multiplier"], row["sample_rate"], row["steps"])
+        assert 3 - 1e-2 < epsilon <= 3 + 1e-9
+        assert row["signal_to_noise"] == pytest.approx(
+            math.sqrt(row["steps"]) * row["batch_size"] / row["noise_multiplier"]
+        )
+    ratios = [r["signal_to_noise"] for r in rows]
+    assert ratios == sorted(ratios, reverse=True)
+    assert payload["suggested"] == rows[0] and rows[0]["batch_size"] == 64
+
+
+def test_plan_suggestion_table_names_the_choice_and_a_tiny_data_set_is_a_clear_error():
+    table = runner.invoke(app, [*PLAN, "--dataset-size", "287"])
+    tiny = runner.invoke(app, [*PLAN, "--dataset-size", "20"])  # ceil(20 / 8) = 3 steps
+
+    assert table.exit_code == 0, table.output
+    assert "suggested: --batch-size 64" in table.stdout
+    assert tiny.exit_code == 2
+    assert "20 records is too small" in tiny.output
