@@ -97,9 +97,11 @@ def simulate(
     partition: Annotated[str | None, typer.Option(help="iid | dirichlet:ALPHA | shards:K | natural.")] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="digits | breast-cancer | synthetic:ALPHA,BETA | PATH (csv/parquet/npz)."),
+        typer.Option(
+            help="digits | mnist-5k | breast-cancer | synthetic:ALPHA,BETA | PATH (csv/parquet/npz)."
+        ),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="logreg | mlp | cnn.")] = None,
+    model: Annotated[str | None, typer.Option(help="logreg | mlp | cnn | tanh-mlp | tanh-cnn.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for data, sampling and training.")] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Client-side DP-SGD on/off.")] = None,
     target_epsilon: Annotated[

