@@ -12,9 +12,11 @@ from typing import Any
 
 from fedsys.report import plots
 from fedsys.report.runs import RunData
+from fedsys.report.sweep import ComparisonRow, Spread
 
 REPORT_FILE = "report.md"
 NUMBERS_FILE = "report.json"
+COMPARISON_PLOT = "federated-vs-central.png"
 PLOTS: dict[str, tuple[str, Callable[[Sequence[RunData], Path], bool]]] = {
     "accuracy.png": ("Accuracy per round", plots.plot_accuracy),
     "loss.png": ("Loss per round", plots.plot_loss),
@@ -145,14 +147,111 @@ def _notes(runs: Sequence[RunData]) -> list[str]:
     return notes
 
 
-def write_report(runs: Sequence[RunData], out: Path, *, title: str = "fedsys report") -> Report:
+def _spread_cell(spread: Spread | None, *, percent: bool) -> str:
+    if spread is None:
+        return "–"
+    scale, spec, unit = (100.0, ".2f", "%") if percent else (1.0, ".3f", "")
+    cell = f"{scale * spread.mean:{spec}}{unit}"
+    if spread.count > 1:
+        cell += f" ({scale * spread.low:{spec}}–{scale * spread.high:{spec}})"
+    return cell
+
+
+def comparison_table(rows: Sequence[ComparisonRow]) -> list[str]:
+    """Markdown table: per target, federated and central accuracy and epsilon (mean (min–max))."""
+    lines = [
+        "| target ε | seeds | federated accuracy | federated ε (max over clients) "
+        "| central accuracy | central ε |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        no_dp = "∞ (no DP)"
+        federated_eps = _spread_cell(row.federated_epsilon, percent=False) if row.private else no_dp
+        central_eps = _spread_cell(row.central_epsilon, percent=False)
+        if not row.private and row.central_accuracy is not None:
+            central_eps = no_dp
+        cells = [
+            f"{row.target_epsilon:g}" if row.private else no_dp,
+            str(len(row.seeds)),
+            _spread_cell(row.federated_accuracy, percent=True),
+            federated_eps,
+            _spread_cell(row.central_accuracy, percent=True),
+            central_eps,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def comparison_curves(
+    rows: Sequence[ComparisonRow], *, suffix: str = "", linestyle: str = "-"
+) -> list[plots.Curve]:
+    """Federated and central accuracy against target epsilon, as curves to plot."""
+    curves = []
+    for label, color, spreads in (
+        ("federated", "#1565c0", [r.federated_accuracy for r in rows]),
+        ("central", "#ef6c00", [r.central_accuracy for r in rows]),
+    ):
+        points = [(r.target_epsilon, s) for r, s in zip(rows, spreads, strict=True) if s is not None]
+        if points:
+            curves.append(
+                plots.Curve(
+                    label=label + suffix,
+                    epsilons=[e for e, _ in points],
+                    accuracy=[s.mean for _, s in points],
+                    low=[s.low for _, s in points],
+                    high=[s.high for _, s in points],
+                    color=color,
+                    linestyle=linestyle,
+                )
+            )
+    return curves
+
+
+def _comparison_section(rows: Sequence[ComparisonRow], out: Path) -> tuple[list[str], list[Path]]:
+    if not rows:
+        return [], []
+    lines = [
+        "## Federated vs central DP-SGD",
+        "",
+        *comparison_table(rows),
+        "",
+        "- Central: DP-SGD on the pooled training data of all clients, same model, initial weights, "
+        "test set, clipping norm, learning rate and batch size, for num-rounds × local-epochs epochs; "
+        "its noise is chosen for the target at the budget's δ and accountant, and its ε is what that "
+        "accountant recorded. ∞ is non-private training with the same schedule.",
+        "- With several seeds each cell is the mean (min–max) over seeds; a seed sets the data split, "
+        "partition, sampling, initial model and noise.",
+        "",
+    ]
+    path = out / COMPARISON_PLOT
+    if not plots.plot_accuracy_vs_epsilon(
+        {"final test accuracy": comparison_curves(rows)}, path, title="Federated vs central DP-SGD"
+    ):
+        return lines, []
+    return [*lines, f"![Federated vs central DP-SGD]({COMPARISON_PLOT})", ""], [path]
+
+
+def write_report(
+    runs: Sequence[RunData],
+    out: Path,
+    *,
+    title: str = "fedsys report",
+    comparison: Sequence[ComparisonRow] = (),
+) -> Report:
     """Write plots, ``report.md`` and ``report.json`` for ``runs`` into ``out``.
+
+    Args:
+        runs: The runs to report on.
+        out: Folder for the report's files.
+        title: Heading of report.md.
+        comparison: A sweep's rows (:func:`fedsys.report.sweep.load_comparison`); when given,
+            report.md opens with the federated-vs-central table and plot.
 
     Returns:
         The files written.
     """
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    compared, written = _comparison_section(comparison, out)
     sections = []
     for filename, (heading, draw) in PLOTS.items():
         if draw(runs, out / filename):
@@ -164,6 +263,7 @@ def write_report(runs: Sequence[RunData], out: Path, *, title: str = "fedsys rep
         "",
         f"{len(runs)} run(s): " + ", ".join(f"`{r.path}`" for r in runs),
         "",
+        *compared,
         "## Key numbers",
         "",
         *_table(rows, _UTILITY_COLUMNS),
@@ -177,5 +277,8 @@ def write_report(runs: Sequence[RunData], out: Path, *, title: str = "fedsys rep
     markdown = out / REPORT_FILE
     markdown.write_text("\n".join(lines))
     numbers = out / NUMBERS_FILE
-    numbers.write_text(json.dumps({"runs": rows, "plots": [p.name for p in written]}, indent=2) + "\n")
+    data: dict[str, Any] = {"runs": rows, "plots": [p.name for p in written]}
+    if comparison:
+        data["comparison"] = [row.to_json() for row in comparison]
+    numbers.write_text(json.dumps(data, indent=2) + "\n")
     return Report(markdown=markdown, numbers=numbers, plots=tuple(written))

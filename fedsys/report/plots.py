@@ -6,7 +6,8 @@ Each function writes one file and returns whether it had anything to draw.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.axes import Axes
@@ -216,3 +217,78 @@ def plot_privacy_utility(runs: Sequence[RunData], path: Path) -> bool:
     ax.legend(loc="lower right", fontsize="small")
     _save(fig, path)
     return True
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Final accuracy against target epsilon, one point per target (``inf`` = no DP).
+
+    ``accuracy``, ``low`` and ``high`` are fractions in [0, 1]: the mean over seeds and its
+    range, drawn as error bars.
+    """
+
+    label: str
+    epsilons: Sequence[float]
+    accuracy: Sequence[float]
+    low: Sequence[float]
+    high: Sequence[float]
+    color: str = "#1565c0"
+    linestyle: str = "-"
+
+
+def plot_accuracy_vs_epsilon(
+    panels: Mapping[str, Sequence[Curve]], path: Path, *, title: str, xlabel: str = "target ε"
+) -> bool:
+    """One panel per entry, each with its curves; ``inf`` sits at the right edge, marked ∞."""
+    panels = {name: [c for c in curves if c.epsilons] for name, curves in panels.items()}
+    panels = {name: curves for name, curves in panels.items() if curves}
+    if not panels:
+        return False
+    finite = sorted({e for cs in panels.values() for c in cs for e in c.epsilons if math.isfinite(e)})
+    inf_x = 3 * finite[-1] if finite else 1.0  # the baseline drawn right of the largest target
+    fig, axes = _panels(len(panels), title)
+    for ax, (name, curves) in zip(axes, panels.items(), strict=True):
+        for curve in curves:
+            _draw_curve(ax, curve, inf_x)
+        lowest = min(100 * v for c in curves for v in c.low)
+        ticks = [*finite, inf_x] if any(math.isinf(e) for c in curves for e in c.epsilons) else finite
+        if len(ticks) > 1:
+            ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" if t != inf_x else "∞\n(no DP)" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("final test accuracy (%)")
+        ax.set_ylim(max(0.0, 10 * math.floor(lowest / 10) - 10), 100)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize="x-small")
+    _save(fig, path)
+    return True
+
+
+def _draw_curve(ax: Axes, curve: Curve, inf_x: float) -> None:
+    """Finite targets joined by a line; the no-DP point (at ``inf_x``) on its own, same colour."""
+    points = sorted(
+        (inf_x if math.isinf(e) else e, 100 * a, 100 * lo, 100 * hi)
+        for e, a, lo, hi in zip(curve.epsilons, curve.accuracy, curve.low, curve.high, strict=True)
+    )
+    groups = [
+        ([p for p in points if p[0] != inf_x], curve.linestyle),
+        ([p for p in points if p[0] == inf_x], "none"),
+    ]
+    label: str | None = curve.label
+    for group, linestyle in groups:
+        if not group:
+            continue
+        ax.errorbar(
+            [p[0] for p in group],
+            [p[1] for p in group],
+            yerr=[[p[1] - p[2] for p in group], [p[3] - p[1] for p in group]],
+            marker="o",
+            ms=4,
+            capsize=3,
+            color=curve.color,
+            linestyle=linestyle,
+            label=label,
+        )
+        label = None  # one legend entry per curve

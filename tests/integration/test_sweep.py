@@ -41,7 +41,8 @@ def test_a_tiny_sweep_runs_each_budget_and_reports_the_ledgers_epsilon(tmp_path)
     )
 
     assert result.exit_code == 0, result.output
-    rows = {row["run"]: row for row in json.loads((out / "report.json").read_text())["runs"]}
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["run"]: row for row in report["runs"]}
     assert set(rows) == {"eps-1", "eps-inf"}
     assert rows["eps-1"]["final-epsilon"] == _ledger_epsilon(out / "eps-1")
     # every client trains every round here, so the most exposed one lands on the target
@@ -50,3 +51,10 @@ def test_a_tiny_sweep_runs_each_budget_and_reports_the_ledgers_epsilon(tmp_path)
     assert not (out / "eps-inf" / "ledgers").exists() or not any((out / "eps-inf" / "ledgers").iterdir())
     assert (out / "privacy-utility.png").stat().st_size > 1000
     assert "privacy-utility.png" in (out / "report.md").read_text()
+    # --central is the default: the central reference sits next to each federated row
+    private, baseline = report["comparison"]
+    assert private["federated-epsilon"]["mean"] == rows["eps-1"]["final-epsilon"]
+    assert 1.0 - EPSILON_TOLERANCE <= private["central-epsilon"]["mean"] <= 1.0
+    assert baseline["target-epsilon"] == "inf" and baseline["central-epsilon"] is None
+    assert baseline["central-accuracy"]["mean"] > 0.8  # breast cancer: majority class ~63%
+    assert "| central accuracy | central ε |" in (out / "report.md").read_text()

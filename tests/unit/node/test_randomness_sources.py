@@ -33,6 +33,14 @@ ALLOWED = {
         "stochastic rounding of the SecAgg+ encoding needs unbiased, not secret, randomness (the self "
         "mask hides the result); OS-seeded at a real holder, pinned by a test below"
     ),
+    "privacy/central.py::_generator": (
+        "the central DP-SGD reference of sweeps and benchmarks pools simulated data on one machine; a "
+        "seed makes its sampling and noise reproducible, without one it draws OS entropy"
+    ),
+    "privacy/central.py::_initial_model": (
+        "the central reference starts from the coordinator's initial global model (the scenario seed, "
+        "public weights the server sends anyway), in a forked RNG so nothing else is reseeded"
+    ),
     "privacy/dpsgd.py::_split_generator": (
         "derives the sampling and noise generators from the generator passed in, which is None (OS "
         "entropy via entropy_generator) except in simulation"

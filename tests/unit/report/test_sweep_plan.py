@@ -7,13 +7,21 @@ import dp_accounting
 import pytest
 from dp_accounting import rdp
 from opacus.accountants.rdp import RDPAccountant
+from report_builders import round_record, write_run
+from typer.testing import CliRunner
 
+from fedsys.cli import app
 from fedsys.config import RunConfig
 from fedsys.errors import ConfigError
+from fedsys.privacy.central import CentralResult
+from fedsys.report.document import write_report
+from fedsys.report.runs import load_runs
 from fedsys.report.sweep import (
     EPSILON_TOLERANCE,
     apply_plan,
     client_workloads,
+    load_comparison,
+    parse_seeds,
     parse_targets,
     plan_budget,
     run_sweep,
@@ -99,6 +107,15 @@ def test_a_finite_target_sets_noise_and_budget_and_inf_turns_dp_off():
     assert private.ledger_dir == baseline.ledger_dir == ""  # each run keeps its own ledgers
 
 
+def test_a_scenario_calibrated_to_its_own_epsilon_runs_each_target_with_the_planned_noise():
+    config = _scenario(**{"dp.target-epsilon": 3.0})  # clients would ignore dp.noise-multiplier
+
+    private = apply_plan(config, plan_budget(config, 1.0))
+
+    assert private.dp.target_epsilon == 0.0
+    assert private.dp.noise_multiplier == plan_budget(config, 1.0).noise_multiplier
+
+
 def test_run_sweep_simulates_one_run_per_target_and_records_the_plans(tmp_path):
     seen = []
 
@@ -114,3 +131,100 @@ def test_run_sweep_simulates_one_run_per_target_and_records_the_plans(tmp_path):
     plans = json.loads((tmp_path / "sweep.json").read_text())
     assert [p["target-epsilon"] for p in plans] == [1.0, "inf"]
     assert plans[0]["noise-multiplier"] > 0
+
+
+def test_seeds_parse_distinct_in_order():
+    assert parse_seeds("2, 0,2,1") == [2, 0, 1]
+
+
+@pytest.mark.parametrize("bad", ["-1", "x", "1.5", ""])
+def test_a_seed_that_is_not_a_natural_number_is_refused_and_echoed(bad):
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds(f"0,{bad}")
+
+
+def _fake_run(config, run_dir):
+    """A one-round run whose accuracy and epsilon encode its seed and target."""
+    accuracy = 0.5 + 0.1 * config.seed + (0.0 if config.dp.enabled else 0.3)
+    extra = {"epsilon-max": config.budget.max_epsilon - 0.01 * config.seed} if config.dp.enabled else {}
+    write_run(run_dir, [round_record(1, accuracy=accuracy, **extra)], dp=config.dp.enabled, seed=config.seed)
+    return {}
+
+
+def _fake_central(config, target):
+    private = math.isfinite(target)
+    return CentralResult(
+        target_epsilon=target,
+        accuracy=0.7 + 0.1 * config.seed + (0.0 if private else 0.2),
+        macro_f1=0.5,
+        loss=1.0,
+        epsilon=target - 0.001 if private else None,
+        noise_multiplier=1.0 if private else None,
+        target_delta=1e-5,
+        accountant="rdp",
+        sample_rate=0.1,
+        batch_size=16,
+        epochs=3,
+        steps=30,
+        num_examples=100,
+        test_examples=20,
+        simulation_seed=config.seed,
+        seconds=0.1,
+    )
+
+
+def test_several_seeds_run_every_target_per_seed_and_the_comparison_spans_them(tmp_path):
+    run_dirs = run_sweep(
+        _scenario(), [1.0, math.inf], tmp_path, simulate=_fake_run, seeds=[0, 1], central=_fake_central
+    )
+
+    assert [str(d.relative_to(tmp_path)) for d in run_dirs] == [
+        "seed-0/eps-1",
+        "seed-0/eps-inf",
+        "seed-1/eps-1",
+        "seed-1/eps-inf",
+    ]
+    private, baseline = load_comparison(tmp_path)
+    assert private.seeds == baseline.seeds == (0, 1)
+    assert (private.federated_accuracy.low, private.federated_accuracy.high) == pytest.approx((0.5, 0.6))
+    assert private.federated_accuracy.mean == pytest.approx(0.55)
+    assert private.federated_epsilon.high == pytest.approx(1.0)
+    assert private.central_accuracy.mean == pytest.approx(0.75)
+    assert private.central_epsilon.mean == pytest.approx(0.999)
+    assert baseline.federated_epsilon is None and baseline.central_epsilon is None
+    assert baseline.central_accuracy.mean == pytest.approx(0.95)
+
+
+def test_one_seed_keeps_the_flat_layout_and_the_report_puts_central_next_to_federated(tmp_path):
+    run_dirs = run_sweep(_scenario(), [1.0, math.inf], tmp_path, simulate=_fake_run, central=_fake_central)
+
+    report = write_report(load_runs(run_dirs), tmp_path, comparison=load_comparison(tmp_path))
+
+    assert [d.name for d in run_dirs] == ["eps-1", "eps-inf"]
+    text = report.markdown.read_text()
+    assert "| 1 | 1 | 50.00% | 1.000 | 70.00% | 0.999 |" in text
+    assert "| ∞ (no DP) | 1 | 80.00% | ∞ (no DP) | 90.00% | ∞ (no DP) |" in text
+    assert (tmp_path / "federated-vs-central.png").stat().st_size > 1000
+    rows = json.loads(report.numbers.read_text())["comparison"]
+    assert [r["target-epsilon"] for r in rows] == [1.0, "inf"]
+    assert rows[0]["central-epsilon"]["mean"] == pytest.approx(0.999)
+
+
+def test_without_central_the_table_leaves_its_cells_empty(tmp_path):
+    run_sweep(_scenario(), [1.0], tmp_path, simulate=_fake_run)
+
+    (row,) = load_comparison(tmp_path)
+
+    assert row.central_accuracy is None and row.central_epsilon is None
+    assert not (tmp_path / "central.json").exists()
+
+
+def test_the_sweep_command_refuses_seed_and_seeds_together(tmp_path):
+    scenario = "simulations/breast-cancer.toml"
+    args = ["sweep", scenario, "--seed", "1", "--seeds", "0,1", "--out", str(tmp_path)]
+
+    result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 2
+    assert "--seed or --seeds" in result.output
+    assert not any(tmp_path.iterdir())
