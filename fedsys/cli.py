@@ -1,14 +1,16 @@
 """The ``fedsys`` command: parses options, calls the library, prints.
 
 Any :class:`~fedsys.errors.FedsysError` becomes one red line and exit code 2; ``--debug``
-shows the traceback instead.
+shows the traceback instead. A simulation that stops before its last round (holders exhausted
+their budgets, or too few clients) exits with :data:`EXIT_STOPPED_EARLY` (3).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -33,6 +35,11 @@ app = typer.Typer(
 )
 _state: dict[str, bool] = {"debug": False}
 T = TypeVar("T")
+EXIT_STOPPED_EARLY = 3
+ALLOW_PARTIAL_HELP = (
+    "Run even if the schedule would exceed a client's budget.max-epsilon: clients then refuse "
+    "(or truncate, per budget.policy) once their budget is spent, and the run stops early."
+)
 
 
 @app.callback()
@@ -67,6 +74,57 @@ def load_scenario(scenario: Path | None, overrides: dict[str, Any], sets: list[s
     return base.replace({**pairs, **flags})
 
 
+def check_budget(config: RunConfig, *, allow_partial: bool) -> None:
+    """Before any round, check the whole schedule against every simulated client's budget.
+
+    Raises:
+        BudgetExceededError: a client's budget does not fit (one line; exit code 2 via ``guarded``),
+            unless ``allow_partial``, which prints the explanation as a warning instead.
+    """
+    from fedsys.privacy.precheck import check_schedule
+
+    problem = check_schedule(config, allow_partial=allow_partial)
+    if problem is not None:
+        console.print(
+            f"[bold yellow]warning:[/] {problem}; running anyway (--allow-partial)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def exit_if_stopped_early(summaries: Mapping[Path, Mapping[str, Any]]) -> None:
+    """End with a line saying why each run that stopped early did, then exit code 3; else return.
+
+    Args:
+        summaries: Each run directory's summary (``summary.json``), whose ``stop-reason`` is set
+            only when the run ended before its last round.
+    """
+    stopped = {path: str(s["stop-reason"]) for path, s in summaries.items() if s.get("stop-reason")}
+    for path, reason in stopped.items():
+        where = f" ({path})" if len(summaries) > 1 else ""
+        console.print(
+            f"[bold yellow]run stopped early{where}, exit code {EXIT_STOPPED_EARLY}:[/] {reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if stopped:
+        raise typer.Exit(EXIT_STOPPED_EARLY)
+
+
+def read_summaries(run_dirs: Sequence[Path]) -> dict[Path, Mapping[str, Any]]:
+    """Each run directory's ``summary.json`` (an empty mapping where it is missing or unreadable)."""
+    from fedsys.results import SUMMARY_FILE
+
+    summaries: dict[Path, Mapping[str, Any]] = {}
+    for run_dir in run_dirs:
+        try:
+            data = json.loads((run_dir / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            data = {}
+        summaries[run_dir] = data if isinstance(data, dict) else {}
+    return summaries
+
+
 def _parse_value(raw: str) -> Any:
     import tomllib
 
@@ -81,7 +139,13 @@ SIMULATE_HELP = (
     "Precedence: built-in defaults < SCENARIO file < --set KEY=VALUE < explicit flags. "
     "The run directory holds config.toml (the resolved scenario), metrics.jsonl (one line per round), "
     "model.pt (final global weights), summary.json, checkpoint.npz and each simulated client's "
-    "privacy ledger under ledgers/."
+    "privacy ledger under ledgers/.\n\n"
+    "Before any round, the whole schedule is checked against every client's budget.max-epsilon "
+    "(the epsilon a client would spend if sampled in every round; with --target-epsilon, that the "
+    "target fits): a schedule that does not fit stops here with exit code 2 and what would fit, "
+    "unless --allow-partial.\n\n"
+    "Exit codes: 0 every round ran; 2 an error, or a schedule over budget (nothing ran); "
+    f"{EXIT_STOPPED_EARLY} the run stopped early (clients exhausted their budgets, or too few clients)."
 )
 
 
@@ -101,7 +165,26 @@ def simulate(
             help="digits | mnist-5k | breast-cancer | synthetic:ALPHA,BETA | PATH (csv/parquet/npz)."
         ),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="logreg | mlp | cnn | tanh-mlp | tanh-cnn.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="logreg | mlp | cnn | tanh-mlp | tanh-cnn | package.module:factory (your function of "
+            "feature shape and number of classes returning an nn.Module; importable on every side)."
+        ),
+    ] = None,
+    fix_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--fix-model/--no-fix-model",
+            help="Apply Opacus' ModuleValidator.fix to the model (BatchNorm -> GroupNorm, ...) everywhere.",
+        ),
+    ] = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard", metavar="DIR", help="Write per-round TensorBoard scalars to DIR/<run>."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for data, sampling and training.")] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Client-side DP-SGD on/off.")] = None,
     target_epsilon: Annotated[
@@ -124,6 +207,7 @@ def simulate(
         list[str] | None, typer.Option("--set", help="Any config key, e.g. --set dp.noise-multiplier=1.2")
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help=ALLOW_PARTIAL_HELP)] = False,
 ) -> None:
     overrides = {
         "simulation.num-clients": num_clients,
@@ -132,6 +216,8 @@ def simulate(
         "sampling.clients-per-round": clients_per_round,
         "dataset": dataset,
         "model": model,
+        "fix-model": fix_model,
+        "tensorboard-dir": str(tensorboard) if tensorboard is not None else None,
         "seed": seed,
         "dp.enabled": dp,
         "dp.target-epsilon": target_epsilon,
@@ -144,6 +230,7 @@ def simulate(
     }
 
     def _run() -> None:
+        from fedsys.api import check_model_and_tracking
         from fedsys.console import RoundDisplay
         from fedsys.data.federated import check_scenario_data
         from simulations.harness import run_scenario
@@ -155,6 +242,8 @@ def simulate(
         else:
             config = load_scenario(scenario, overrides, set_ or [])
         check_scenario_data(config)
+        check_model_and_tracking(config)
+        check_budget(config, allow_partial=allow_partial)
         run_dir = (
             out
             or Path("runs") / f"{scenario.stem if scenario else 'default'}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -163,6 +252,7 @@ def simulate(
             summary = run_scenario(config, run_dir, resume=resume, on_round=display.update, verbose=verbose)
         display.print_summary(summary)
         stdout.print(str(summary.get("run-dir", run_dir)), highlight=False, soft_wrap=True)
+        exit_if_stopped_early({run_dir: summary})
 
     guarded(_run)
 

@@ -30,6 +30,7 @@ SecAggMode = Literal["semi-honest", "malicious"]
 
 _PARTITION_RE = re.compile(r"^(iid|natural|dirichlet:(?P<alpha>[0-9.eE+-]+)|shards:(?P<k>\d+))$")
 _BUILTIN_DATASETS = ("digits", "mnist-5k", "breast-cancer")
+MODEL_REFERENCE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,9 @@ class RunConfig:
     dataset: str = "digits"
     label_column: str = "label"
     partition: str = "auto"
-    model: str = "mlp"
+    model: str = "mlp"  # a built-in name or "package.module:factory" (fedsys.models.factory)
+    fix_model: bool = False  # apply Opacus' ModuleValidator.fix wherever the model is built
+    tensorboard_dir: str = ""  # per-round TensorBoard scalars under DIR/<run name>; "" = off
     device: DeviceName = "auto"
     test_fraction: float = 0.2
     checkpoint_every: int = 1
@@ -282,6 +285,8 @@ class RunConfig:
                 f"partition must be iid, natural, dirichlet:ALPHA or shards:K, got {self.partition!r}"
             )
         parse_feature_range(self.feature_range, key="feature-range")
+        if ":" in self.model and not MODEL_REFERENCE_RE.match(self.model):
+            raise ConfigError(f"model must be a built-in name or package.module:factory, got {self.model!r}")
         builtin = self.dataset in _BUILTIN_DATASETS or self.dataset.startswith("synthetic")
         if self.feature_range and builtin:
             raise ConfigError(

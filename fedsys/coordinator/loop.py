@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,13 @@ from fedsys.config import RunConfig, ServerConfig
 from fedsys.coordinator.checkpoint import ServerState, load_checkpoint, save_checkpoint
 from fedsys.coordinator.plain import plain_round
 from fedsys.coordinator.population import discover
-from fedsys.coordinator.round import RoundOutcome
+from fedsys.coordinator.round import UNKNOWN_REFUSAL, RoundOutcome, describe_refusals
 from fedsys.data import central_test_data
 from fedsys.data.dataset import ArrayDataset
 from fedsys.errors import AbortedRoundError, ConfigError
-from fedsys.models import build_model, load_weights, to_arrays
+from fedsys.models import build_checked_model, load_weights, to_arrays
 from fedsys.strategy import ServerOptimizerState, apply_server_optimizer, resume_optimizer_state
+from fedsys.tracking import TensorBoardTracker, open_tracker
 from fedsys.training import evaluate, resolve_device
 
 log = logging.getLogger("fedsys")
@@ -44,13 +45,23 @@ class Coordinator:
     resume: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     epsilon_by_client: dict[str, float] = field(default_factory=dict)  # latest cumulative epsilon
+    refusal_by_client: dict[str, str] = field(default_factory=dict)  # why each excluded client declined
     optimizer_state: ServerOptimizerState = field(init=False)
+    tracker: TensorBoardTracker | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.optimizer_state = ServerOptimizerState(self.config.server.optimizer)
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) all rounds; returns the summary written to summary.json."""
+        self.tracker = open_tracker(self.config, self.run_dir)
+        try:
+            return self._run_rounds()
+        finally:
+            if self.tracker is not None:
+                self.tracker.close()
+
+    def _run_rounds(self) -> dict[str, Any]:
         cfg = self.config
         central = None if cfg.dataset == "node" else central_test_data(cfg)
         model = _initial_model(cfg, central)
@@ -65,8 +76,8 @@ class Coordinator:
             if len(available) < cfg.sampling.min_clients:
                 stop_reason = (
                     f"stopped before round {rnd}: only {len(available)} client(s) can still "
-                    f"train (sampling.min-clients = {cfg.sampling.min_clients}); "
-                    f"{len(exhausted)} exhausted their privacy budget"
+                    f"train (sampling.min-clients = {cfg.sampling.min_clients})"
+                    f"{_excluded(exhausted, self.refusal_by_client)}"
                 )
                 log.warning(stop_reason)
                 break
@@ -75,6 +86,7 @@ class Coordinator:
             sampled = list(assignment)
             outcome = self._train_round(assignment, weights, rnd, run_id)
             exhausted.update(assignment[n] for n in outcome.declined)
+            self.refusal_by_client.update({assignment[n]: code for n, code in outcome.refusals.items()})
             self.epsilon_by_client.update({assignment[n]: eps for n, eps in outcome.epsilons.items()})
             weights, self.optimizer_state = next_model(
                 weights, outcome, self.optimizer_state, config=cfg.server, rnd=rnd
@@ -141,6 +153,8 @@ class Coordinator:
     def _finish_round(self, record: dict[str, Any], state: ServerState) -> None:
         self.history.append(record)
         results.append_metrics(self.run_dir, record)
+        if self.tracker is not None:
+            self.tracker.log_round(record)
         if state.round % self.config.checkpoint_every == 0 or state.round == self.config.num_rounds:
             save_checkpoint(self.run_dir, state)
         log.info("round %d: %s", state.round, _brief(record))
@@ -209,7 +223,18 @@ def _initial_model(cfg: RunConfig, central: ArrayDataset | None) -> torch.nn.Mod
             ) from err
         classes = cfg.num_classes
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, shape, classes)
+    return build_checked_model(cfg.model, shape, classes, fix=cfg.fix_model, dp=cfg.dp.enabled)
+
+
+def _excluded(exhausted: Collection[str], refusals: Mapping[str, str]) -> str:
+    """Why clients are out of the run: ``; 4 exhausted their privacy budget`` when all ran out of
+    budget, else their refusal codes (a client excluded before a resume has none recorded)."""
+    if not exhausted:
+        return ""
+    codes = [refusals.get(key, UNKNOWN_REFUSAL) for key in exhausted]
+    if set(codes) == {"budget"}:
+        return f"; {len(codes)} exhausted their privacy budget"
+    return f"; {len(codes)} declined for the rest of the run: {describe_refusals(codes)}"
 
 
 def _brief(record: dict[str, Any]) -> str:

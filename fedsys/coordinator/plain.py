@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 
 from fedsys.config import RunConfig
 from fedsys.coordinator.messaging import exchange
-from fedsys.coordinator.round import RoundOutcome
+from fedsys.coordinator.round import RoundOutcome, refusal_code
 from fedsys.errors import AbortedRoundError, FedsysError, ModelError, ProtocolError
 from fedsys.models import check_weights
 from fedsys.strategy import check_step, weighted_mean
@@ -97,6 +97,7 @@ def plain_round(
         if reply.delta is None:
             log.warning("round %d: node %d declined: %s", rnd, node, reply.reason or reply.status)
             outcome.declined.append(node)
+            outcome.refusals[node] = refusal_code(reply.status, reply.reason)
             continue
         deltas.append(reply.delta)
         counts.append(reply.num_examples)
@@ -105,9 +106,10 @@ def plain_round(
         outcome.succeeded.append(node)
     if len(deltas) < config.sampling.min_clients:
         outcome.status = "abandoned"
+        declined = f"; {outcome.declined_summary()}" if outcome.declined else ""
         outcome.message = (
             f"only {len(deltas)} of {len(sampled)} sampled client(s) returned an update "
-            f"(sampling.min-clients = {config.sampling.min_clients}); global model unchanged"
+            f"(sampling.min-clients = {config.sampling.min_clients}){declined}; global model unchanged"
         )
         log.warning("round %d abandoned: %s", rnd, outcome.message)
         return outcome

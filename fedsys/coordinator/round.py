@@ -4,10 +4,41 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from fedsys.node.policy import Refusal
+from fedsys.wire import STATUS_BUDGET
+
+UNKNOWN_REFUSAL = "declined"  # a refusal whose reason names no code fedsys knows
+
+
+def refusal_code(status: str, reason: str) -> str:
+    """The code a holder's refusal names, and nothing else of its free text.
+
+    A budget refusal (``budget-exhausted``) is ``budget``; any other refusal is the code its
+    reason starts with (``policy-...: ...``, as :func:`fedsys.node.handlers.decline` writes it)
+    when it is one of :class:`~fedsys.node.policy.Refusal`, else ``declined``. The holder's
+    text stays in the per-node log line: only it may carry numbers, and only when the holder's
+    policy shares them (``share-epsilon``).
+    """
+    if status == STATUS_BUDGET:
+        return Refusal.BUDGET.value
+    code = reason.partition(":")[0].strip()
+    return code if code in {r.value for r in Refusal} else UNKNOWN_REFUSAL
+
+
+def describe_refusals(codes: Iterable[str]) -> str:
+    """``budget``, or ``2 budget, 1 policy-cohort-too-small``: each code, counted when they differ."""
+    counts = Counter(codes)
+    if len(counts) == 1:
+        return next(iter(counts))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{count} {code}" for code, count in ranked)
 
 
 @dataclass
@@ -18,6 +49,7 @@ class RoundOutcome:
     succeeded: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     declined: list[int] = field(default_factory=list)
+    refusals: dict[int, str] = field(default_factory=dict)  # declined node id -> its refusal code
     delta: dict[str, np.ndarray] | None = None
     epsilons: dict[int, float] = field(default_factory=dict)  # node id -> its cumulative epsilon
     train_losses: list[float] = field(default_factory=list)
@@ -26,6 +58,13 @@ class RoundOutcome:
     train_seconds: float = 0.0
     aggregate_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def declined_summary(self) -> str:
+        """``3 of 3 sampled clients declined: budget``, or empty when none declined."""
+        if not self.declined:
+            return ""
+        codes = describe_refusals(self.refusals.get(node, UNKNOWN_REFUSAL) for node in self.declined)
+        return f"{len(self.declined)} of {len(self.sampled)} sampled clients declined: {codes}"
 
     def record(self, rnd: int, sampled: list[int]) -> dict[str, Any]:
         """Metrics of the round as a flat mapping (one line of metrics.jsonl)."""

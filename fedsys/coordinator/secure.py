@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 from fedsys.config import RunConfig
 from fedsys.coordinator.messaging import Exchange, exchange
 from fedsys.coordinator.plain import round_configs
-from fedsys.coordinator.round import RoundOutcome
+from fedsys.coordinator.round import RoundOutcome, refusal_code
 from fedsys.errors import AbortedRoundError, FedsysError, ProtocolError
 from fedsys.models import flatten, unflatten
 from fedsys.secagg import (
@@ -132,7 +132,10 @@ def secure_round(
     try:
         _run_stages(server, send, ids, outcome, weights, config)
     except (AbortedRoundError, ProtocolError) as err:
-        outcome.status, outcome.message = "abandoned", f"secure aggregation aborted, nothing released: {err}"
+        # the refusals come first: they are the cause that a survivor count alone hides
+        cause = f"{outcome.declined_summary()}; " if outcome.declined else ""
+        outcome.status = "abandoned"
+        outcome.message = f"secure aggregation aborted, nothing released: {cause}{err}"
         outcome.failed = sorted({n for n in sampled if n not in outcome.declined})
         log.warning("round %d abandoned: %s", rnd, outcome.message)
         return outcome
@@ -235,6 +238,7 @@ def _note_refusal(outcome: RoundOutcome, node: int, reply: Message) -> None:
         return
     log.warning("secagg setup: node %d declined: %s", node, reason_of(reply) or status_of(reply))
     outcome.declined.append(node)
+    outcome.refusals[node] = refusal_code(status_of(reply), reason_of(reply))
 
 
 def _note_epsilon(outcome: RoundOutcome, node: int, reply: Message) -> None:

@@ -115,16 +115,3 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "tanh-mlp": tanh_mlp,
     "tanh-cnn": tanh_cnn,
 }
-
-
-def build_model(name: str, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build a fresh model by name, sized for the data.
-
-    Raises:
-        ConfigError: unknown model name or input shape unsuitable for the model.
-    """
-    try:
-        factory = MODELS[name]
-    except KeyError as err:
-        raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {name!r}") from err
-    return factory(feature_shape, num_classes)

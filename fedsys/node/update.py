@@ -125,7 +125,7 @@ def compute_update(
     """
     data = local_data(config, settings)
     device = resolve_device(settings.device if settings.device != "auto" else config.device)
-    model = build_model(config.model, data.train.feature_shape, data.train.num_classes)
+    model = build_model(config.model, data.train.feature_shape, data.train.num_classes, fix=config.fix_model)
     load_weights(model, global_arrays, source="server")
     before = evaluate(model, data.test, device=device)
     model.train()  # evaluate() leaves eval mode; Opacus refuses a model that is not training

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fedsys.config import TrainConfig
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
 privacy_app = typer.Typer(help="Plan DP-SGD noise for a privacy budget.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Create or inspect a data holder's privacy ledger.", no_args_is_help=True)
 PLAN_ACCOUNTANTS: tuple[Accountant, ...] = ("rdp", "prv")
+# A plan assumes what a run does when the scenario says nothing: train.local-epochs' default.
+DEFAULT_LOCAL_EPOCHS = TrainConfig().local_epochs
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +36,13 @@ def plan(
     delta: Annotated[float, typer.Option(help="The delta of the (epsilon, delta) guarantee.")],
     rounds: Annotated[int, typer.Option(help="Rounds the client is sampled in (worst case: all).")],
     local_epochs: Annotated[
-        int | None, typer.Option(help="Local epochs per round (default 1 unless --local-steps).")
+        int | None,
+        typer.Option(
+            help=(
+                f"Local epochs per round (default {DEFAULT_LOCAL_EPOCHS}, a run's train.local-epochs "
+                "default; not with --local-steps)."
+            )
+        ),
     ] = None,
     local_steps: Annotated[int | None, typer.Option(help="Local DP-SGD steps per round.")] = None,
     sample_rate: Annotated[float | None, typer.Option(help="Poisson sampling rate q of every step.")] = None,
@@ -51,21 +61,24 @@ def plan(
 
     steps = rounds x local steps per round. With --dataset-size N --batch-size B the sampling
     rate is Opacus' 1/ceil(N/B) and one local epoch is ceil(N/B) steps; with --sample-rate q
-    one epoch is 1/q steps. Shows the RDP and PRV accountants side by side, each with the
-    epsilon its multiplier actually reaches (recomputed, never above the target).
+    one epoch is 1/q steps. Without --local-steps or --local-epochs a round is as many epochs
+    as a run's default train.local-epochs, so the plan matches a run's defaults. Shows the
+    RDP and PRV accountants side by side, each with the epsilon its multiplier actually reaches
+    (recomputed, never above the target).
     """
     from fedsys.cli import guarded
 
     def _run() -> None:
         from fedsys.privacy.planning import noise_for_target, resolve_schedule, suggest_batch_sizes
 
+        epochs = DEFAULT_LOCAL_EPOCHS if local_epochs is None and local_steps is None else local_epochs
         if dataset_size is not None and batch_size is None and sample_rate is None and local_steps is None:
             candidates = suggest_batch_sizes(
                 target_epsilon=target_epsilon,
                 target_delta=delta,
                 dataset_size=dataset_size,
                 rounds=rounds,
-                local_epochs=1 if local_epochs is None else local_epochs,
+                local_epochs=DEFAULT_LOCAL_EPOCHS if epochs is None else epochs,
             )
             suggestion = _suggestion(target_epsilon, delta, dataset_size, candidates)
             if as_json:
@@ -75,7 +88,7 @@ def plan(
             return
         schedule = resolve_schedule(
             rounds=rounds,
-            local_epochs=local_epochs,
+            local_epochs=epochs,
             local_steps=local_steps,
             sample_rate=sample_rate,
             dataset_size=dataset_size,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from fedsys.privacy.central import CentralResult
 
 
 def register(app: typer.Typer) -> None:
@@ -72,6 +75,22 @@ def sweep(
         list[str] | None, typer.Option("--set", help="Any config key, e.g. --set train.lr=0.2")
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="Run a target even if its schedule exceeds a budget.")
+    ] = False,
+    central: Annotated[
+        bool,
+        typer.Option(
+            "--central/--no-central",
+            help="Also train central DP-SGD on the pooled client data at each target (the reference).",
+        ),
+    ] = True,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated seeds, e.g. 0,1,2: each target runs once per seed (not with --seed)."
+        ),
+    ] = None,
 ) -> None:
     """Run SCENARIO once per target epsilon and write one privacy-utility report.
 
@@ -79,8 +98,22 @@ def sweep(
     round ends exactly at the target (Opacus' get_noise_multiplier with the client's
     sampling rate and rounds x local steps), and each client's budget max-epsilon is set to
     the target so its ledger enforces it.
+
+    With --central (default) each target also trains the central reference: DP-SGD on the
+    union of the clients' training data, same model, test set, clipping norm, learning rate
+    and batch size, for rounds x local epochs epochs, its noise chosen for the same target.
+    The report opens with a table of federated and central accuracy and epsilon per target;
+    with --seeds each cell is the mean (min-max) over seeds.
     """
-    from fedsys.cli import console, guarded, load_scenario, stdout
+    from fedsys.cli import (
+        check_budget,
+        console,
+        exit_if_stopped_early,
+        guarded,
+        load_scenario,
+        read_summaries,
+        stdout,
+    )
 
     overrides = {
         "num-rounds": rounds,
@@ -98,33 +131,74 @@ def sweep(
         from fedsys.config import RunConfig
         from fedsys.console import RoundDisplay
         from fedsys.data.federated import check_scenario_data
+        from fedsys.errors import ConfigError
         from fedsys.report.document import write_report
         from fedsys.report.runs import load_runs
-        from fedsys.report.sweep import BudgetPlan, parse_targets, run_sweep
+        from fedsys.report.sweep import (
+            BudgetPlan,
+            central_reference,
+            load_comparison,
+            parse_seeds,
+            parse_targets,
+            run_sweep,
+        )
         from simulations.harness import run_scenario
 
         targets = parse_targets(target_epsilon)
+        if seeds is not None and seed is not None:
+            raise ConfigError(f"give --seed or --seeds, not both (got {seed} and {seeds!r})")
+        seed_list = parse_seeds(seeds) if seeds is not None else None
         config = load_scenario(scenario, overrides, set_ or [])
         check_scenario_data(config)
         folder = out or Path("runs") / f"sweep-{scenario.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
         def announce(plan: BudgetPlan) -> None:
+            at = f" (seed {plan.seed})" if seed_list and len(seed_list) > 1 else ""
             if plan.private:
                 console.print(
-                    f"[bold]target ε {plan.target_epsilon:g}[/]: noise multiplier "
+                    f"[bold]target ε {plan.target_epsilon:g}{at}[/]: noise multiplier "
                     f"{plan.noise_multiplier:.4f} ({plan.steps} steps at sampling rate "
                     f"{plan.sample_rate:.4g} reach ε {plan.planned_epsilon:.4f})",
                     highlight=False,
                 )
             else:
-                console.print("[bold]target ε inf[/]: non-private baseline (DP off)", highlight=False)
+                console.print(f"[bold]target ε inf{at}[/]: non-private baseline (DP off)", highlight=False)
+
+        def announce_central(result: CentralResult) -> None:
+            spent = (
+                f"ε {result.epsilon:.4f}, noise multiplier {result.noise_multiplier:.4f}"
+                if result.epsilon is not None and result.noise_multiplier is not None
+                else "no DP"
+            )
+            console.print(
+                f"[bold]central reference[/]: accuracy {100 * result.accuracy:.2f}% ({spent}; "
+                f"{result.epochs} epochs, {result.steps} steps over {result.num_examples} examples, "
+                f"{result.seconds:.1f} s)",
+                highlight=False,
+            )
 
         def simulate(cfg: RunConfig, run_dir: Path) -> Mapping[str, Any]:
+            check_budget(cfg, allow_partial=allow_partial)  # before this target's first round
             with RoundDisplay(console, cfg) as display:
                 return run_scenario(cfg, run_dir, on_round=display.update, verbose=verbose)
 
-        run_dirs = run_sweep(config, targets, folder, simulate=simulate, on_plan=announce)
-        written = write_report(load_runs(run_dirs), folder, title=f"Privacy-utility sweep: {scenario.stem}")
+        run_dirs = run_sweep(
+            config,
+            targets,
+            folder,
+            simulate=simulate,
+            seeds=seed_list,
+            central=central_reference if central else None,
+            on_plan=announce,
+            on_central=announce_central,
+        )
+        written = write_report(
+            load_runs(run_dirs),
+            folder,
+            title=f"Privacy-utility sweep: {scenario.stem}",
+            comparison=load_comparison(folder),
+        )
         stdout.print(str(written.markdown), highlight=False, soft_wrap=True)
+        exit_if_stopped_early(read_summaries(run_dirs))
 
     guarded(_run)

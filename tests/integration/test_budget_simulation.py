@@ -27,7 +27,9 @@ def _spent(run: Path) -> list[float]:
 
 
 def test_clients_refuse_past_their_budget_and_the_run_stops(tmp_path):
-    config = RunConfig.from_toml(SCENARIO).replace({**FIXED_NOISE, "num-rounds": 6, "budget.max-epsilon": 2.5})
+    config = RunConfig.from_toml(SCENARIO).replace(
+        {**FIXED_NOISE, "num-rounds": 6, "budget.max-epsilon": 2.5}
+    )
 
     summary = run_scenario(config, tmp_path / "run")
 

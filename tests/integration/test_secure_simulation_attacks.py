@@ -100,8 +100,9 @@ def test_a_malformed_masked_input_through_flower_drops_only_its_sender(tmp_path)
 
 
 # --- garbage at every stage ------------------------------------------------------------------------
-# One client (the one assigned partition 2) answers stage k of round k with a malformed reply: every byte string
-# in its stage record one byte short, its masked vector one value short. Round k of the reference
+# One client (the one assigned partition 2) answers stage k of round k with a malformed reply:
+# every byte string in its stage record one byte short, its masked vector one value short. Round k
+# of the reference
 # run has the same client crash at that stage instead. Training is seeded per (seed, partition,
 # round) and DP is off, so both runs must release the same aggregates: a malformed reply costs
 # exactly what a dropout costs, no more (an aborted round) and no less (a wrong sum).

@@ -19,7 +19,10 @@ runner = CliRunner()
         (["simulate", "--set", "dp.nosie-multiplier=1"], "unknown config key 'dp.nosie-multiplier'"),
         (["simulate", "--set", "novalue"], "--set wants KEY=VALUE, got 'novalue'"),
         (["simulate", "--dataset", "breast-cancer", "--num-clients", "500"], "too small for 500 clients"),
-        (["simulate", "--model", "resnet"], "model must be one of logreg, mlp, cnn, tanh-mlp, tanh-cnn, got 'resnet'"),
+        (
+            ["simulate", "--model", "resnet"],
+            "model must be one of logreg, mlp, cnn, tanh-mlp, tanh-cnn, got 'resnet'",
+        ),
         (["simulate", "--resume"], "--resume needs --out RUN_DIR"),
     ],
 )

@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from fedsys.config import TrainConfig
 from fedsys.errors import ConfigError
 from fedsys.privacy import LocalBudget, PrivacyLedger, compute_epsilon
 from fedsys.privacy.commands import register
@@ -64,7 +65,9 @@ def test_dataset_size_form_equals_sample_rate_form(local):
 
     assert by_size["sample_rate"] == 1 / 16
     assert by_size == by_rate
-    expected_steps = 20 * {"--local-steps": 7, "--local-epochs": 32}.get(local[0] if local else "", 16)
+    per_round = {"--local-steps": 7, "--local-epochs": 32}
+    run_default = TrainConfig().local_epochs * 16  # no local option: a run's train.local-epochs default
+    expected_steps = 20 * per_round.get(local[0] if local else "", run_default)
     assert by_size["steps"] == expected_steps
 
 
