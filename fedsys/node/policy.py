@@ -28,6 +28,7 @@ class Refusal(StrEnum):
     NO_SECAGG_IDENTITY = "policy-no-secagg-identity"
     COHORT_TOO_SMALL = "policy-cohort-too-small"
     TOO_MANY_ROUNDS = "policy-too-many-rounds"
+    MODEL_NOT_ALLOWED = "policy-model-not-allowed"
     DATA = "data-error"
 
 
@@ -46,6 +47,9 @@ class HolderPolicy:
         max_rounds_per_run: Refuse rounds of a run beyond this many (None: no limit).
         share_epsilon: Tell the server this holder's cumulative epsilon (it depends on the
             sampling rate, hence on the number of examples).
+        allowed_models: The ``package.module:factory`` models this holder lets a run build (the
+            holder imports that module, which runs its code); built-in zoo names are always
+            allowed. None allows any: only for simulation, where the scenario plays every holder.
     """
 
     require_dp: bool = False
@@ -54,6 +58,7 @@ class HolderPolicy:
     min_cohort: int = 1
     max_rounds_per_run: int | None = None
     share_epsilon: bool = True
+    allowed_models: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if self.min_cohort < 1:
@@ -69,6 +74,7 @@ POLICY_KEYS = (
     "min-cohort",
     "max-rounds-per-run",
     "share-epsilon",
+    "allow-models",
 )
 
 # A holder that names no policy in deployment gets these: DP whenever it has a finite
@@ -105,6 +111,9 @@ def deployment_policy(
         min_cohort=_DEPLOYMENT_MIN_COHORT if min_cohort is None else min_cohort,
         max_rounds_per_run=_count(node_config, "max-rounds-per-run"),
         share_epsilon=_flag(node_config, "share-epsilon", default=False),
+        allowed_models=frozenset(
+            ref.strip() for ref in str(node_config.get("allow-models", "")).split(",") if ref.strip()
+        ),
     )
 
 
@@ -130,6 +139,12 @@ def check_request(
     Returns:
         None to proceed, else the refusal code and a one-line reason.
     """
+    allowed = policy.allowed_models
+    if ":" in config.model and allowed is not None and config.model not in allowed:
+        return Refusal.MODEL_NOT_ALLOWED, (
+            f"this data holder builds only built-in models and those in its allow-models; "
+            f"the run asks for {config.model!r}"
+        )
     if policy.require_dp and not config.dp.enabled:
         return Refusal.DP_REQUIRED, "this data holder requires DP-SGD; the run asks for dp.enabled = false"
     if (policy.require_secagg or policy.require_malicious_secagg) and not secure:

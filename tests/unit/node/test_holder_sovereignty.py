@@ -32,7 +32,7 @@ from fedsys.secagg import (
     SecAggClient,
     ShareKeysRequest,
 )
-from fedsys.wire import ARRAYS, METRICS, SECAGG, STATUS
+from fedsys.wire import ARRAYS, CONFIG, METRICS, SECAGG, STATUS
 
 N_ROWS = 120  # write_holder's default
 
@@ -199,7 +199,9 @@ def test_a_real_holders_error_text_stays_in_its_log(tmp_path):
 def test_deployment_defaults_are_the_safe_ones():
     policy = deployment_policy({}, max_epsilon=8.0)
 
-    assert policy == HolderPolicy(require_dp=True, require_secagg=True, min_cohort=2, share_epsilon=False)
+    assert policy == HolderPolicy(
+        require_dp=True, require_secagg=True, min_cohort=2, share_epsilon=False, allowed_models=frozenset()
+    )
     assert check_request(policy, _scenario(), server_round=1, secure=True, cohort=3, threshold=2) is None
     assert check_request(policy, _scenario(), server_round=1, secure=True, cohort=3, threshold=1) is not None
 
@@ -230,3 +232,52 @@ def test_under_secagg_nothing_that_reveals_the_number_of_examples_is_shared():
     assert shareable_metrics(update, dp_enabled=True, secure=False, share_epsilon=False) == {}
     plain = shareable_metrics(update, dp_enabled=True, secure=False, share_epsilon=True)
     assert set(plain) == {"epsilon", "steps", "truncated"}
+
+
+# --- 7. The server cannot make a holder import code -------------------------------------------
+
+
+def _record_imports(monkeypatch) -> list[str]:
+    import importlib
+
+    imported: list[str] = []
+    real = importlib.import_module
+
+    def spy(name, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        imported.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", spy)
+    return imported
+
+
+@pytest.mark.parametrize("handler", ["plaintext", "secagg"])
+def test_a_server_cannot_make_a_holder_import_a_module_it_did_not_allow(tmp_path, monkeypatch, handler):
+    node = write_holder(tmp_path, **{"min-cohort": 1})
+    extra = {SECAGG: ConfigRecord(_setup_record(threshold=2))} if handler == "secagg" else None
+    message, _ = server_request(_scenario(), extra=extra)
+    message.content.config_records[CONFIG]["model"] = "fixtures_models:tanh_net"  # runs module code
+    imported = _record_imports(monkeypatch)
+    forbid_data_reads(monkeypatch)
+
+    if handler == "plaintext":
+        reply = handlers.train(message, node_context({**node, "require-secagg": "false"}), {})
+    else:
+        reply = secure.setup(message, node_context(node), {})
+
+    status, reason = status_of(reply)
+    assert status == "declined" and reason.startswith(Refusal.MODEL_NOT_ALLOWED.value)
+    assert "fixtures_models" not in imported
+
+
+def test_a_holder_builds_the_user_models_it_allows_and_simulation_allows_any():
+    config = _scenario(model="fixtures_models:tanh_net")
+    allowed = deployment_policy({"allow-models": " fixtures_models:tanh_net , other.mod:f"}, max_epsilon=8.0)
+    default = deployment_policy({}, max_epsilon=8.0)
+
+    assert allowed.allowed_models == {"fixtures_models:tanh_net", "other.mod:f"}
+    assert check_request(allowed, config, server_round=1, secure=True, cohort=3, threshold=2) is None
+    refused = check_request(default, config, server_round=1, secure=True, cohort=3, threshold=2)
+    assert refused is not None and refused[0] is Refusal.MODEL_NOT_ALLOWED
+    assert check_request(default, _scenario(), server_round=1, secure=True, cohort=3, threshold=2) is None
+    assert check_request(HolderPolicy(), config, server_round=1, secure=False) is None  # simulation
