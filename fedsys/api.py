@@ -151,15 +151,9 @@ def model_signature(config: RunConfig) -> tuple[tuple[int, ...], int]:
         from fedsys.data.federated import data_signature
 
         return data_signature(config)
-    try:
-        shape = tuple(int(d) for d in config.feature_shape.split(","))
-    except ValueError as err:
-        raise ConfigError(
-            f"feature-shape must be comma-separated integers, got {config.feature_shape!r}"
-        ) from err
-    if config.num_classes < 2:
-        raise ConfigError(f"num-classes must be >= 2 for dataset 'node', got {config.num_classes}")
-    return shape, config.num_classes
+    from fedsys.models.factory import declared_signature
+
+    return declared_signature(config.feature_shape, config.num_classes)
 
 
 def _load(source: ScenarioSource) -> RunConfig:

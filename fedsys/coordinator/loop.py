@@ -23,8 +23,9 @@ from fedsys.coordinator.population import discover
 from fedsys.coordinator.round import UNKNOWN_REFUSAL, RoundOutcome, describe_refusals
 from fedsys.data import central_test_data
 from fedsys.data.dataset import ArrayDataset
-from fedsys.errors import AbortedRoundError, ConfigError
+from fedsys.errors import AbortedRoundError
 from fedsys.models import build_checked_model, load_weights, to_arrays
+from fedsys.models.factory import declared_signature
 from fedsys.strategy import ServerOptimizerState, apply_server_optimizer, resume_optimizer_state
 from fedsys.tracking import TensorBoardTracker, open_tracker
 from fedsys.training import evaluate, resolve_device
@@ -211,17 +212,7 @@ def _initial_model(cfg: RunConfig, central: ArrayDataset | None) -> torch.nn.Mod
     if central is not None:
         shape, classes = central.feature_shape, central.num_classes
     else:
-        if not cfg.feature_shape or cfg.num_classes < 2:
-            raise ConfigError(
-                "dataset 'node' needs feature-shape (e.g. \"30\") and num-classes >= 2 in the scenario"
-            )
-        try:
-            shape = tuple(int(d) for d in cfg.feature_shape.split(","))
-        except ValueError as err:
-            raise ConfigError(
-                f"feature-shape must be comma-separated integers, got {cfg.feature_shape!r}"
-            ) from err
-        classes = cfg.num_classes
+        shape, classes = declared_signature(cfg.feature_shape, cfg.num_classes)
     torch.manual_seed(cfg.seed)
     return build_checked_model(cfg.model, shape, classes, fix=cfg.fix_model, dp=cfg.dp.enabled)
 

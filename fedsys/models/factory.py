@@ -229,3 +229,25 @@ def _where(name: str) -> str:
 
 def _first_sentence(text: str) -> str:
     return text.strip().split(". ")[0].rstrip(".")
+
+
+def declared_signature(feature_shape: str, num_classes: int) -> tuple[tuple[int, ...], int]:
+    """``(feature_shape, num_classes)`` from a deployment scenario (``dataset = "node"``).
+
+    The server holds no data to read them from, so the scenario declares them.
+
+    Raises:
+        ConfigError: ``feature-shape`` is not comma-separated positive integers, or ``num-classes`` < 2.
+    """
+    try:
+        shape = tuple(int(d) for d in feature_shape.split(","))
+    except ValueError as err:
+        raise ConfigError(
+            f"dataset 'node' needs feature-shape as comma-separated integers (e.g. \"30\" or "
+            f'"1,8,8"), got {feature_shape!r}'
+        ) from err
+    if min(shape) < 1:
+        raise ConfigError(f"feature-shape must be positive integers, got {feature_shape!r}")
+    if num_classes < 2:
+        raise ConfigError(f"num-classes must be >= 2 for dataset 'node', got {num_classes}")
+    return shape, num_classes
