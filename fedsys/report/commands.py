@@ -94,10 +94,10 @@ def sweep(
 ) -> None:
     """Run SCENARIO once per target epsilon and write one privacy-utility report.
 
-    For a finite target the noise multiplier is chosen so that a client sampled in every
-    round ends exactly at the target (Opacus' get_noise_multiplier with the client's
-    sampling rate and rounds x local steps), and each client's budget max-epsilon is set to
-    the target so its ledger enforces it.
+    For a finite target each client calibrates its own noise multiplier so that, sampled in
+    every round, it ends exactly at the target (Opacus' get_noise_multiplier with its sampling
+    rate and rounds x local steps), and each client's budget max-epsilon is set to the target
+    so its ledger enforces it.
 
     With --central (default) each target also trains the central reference: DP-SGD on the
     union of the clients' training data, same model, test set, clipping norm, learning rate
@@ -156,7 +156,7 @@ def sweep(
             at = f" (seed {plan.seed})" if seed_list and len(seed_list) > 1 else ""
             if plan.private:
                 console.print(
-                    f"[bold]target ε {plan.target_epsilon:g}{at}[/]: noise multiplier "
+                    f"[bold]target ε {plan.target_epsilon:g}{at}[/]: most exposed client's noise multiplier "
                     f"{plan.noise_multiplier:.4f} ({plan.steps} steps at sampling rate "
                     f"{plan.sample_rate:.4g} reach ε {plan.planned_epsilon:.4f})",
                     highlight=False,

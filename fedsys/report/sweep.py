@@ -3,15 +3,15 @@
 How a target epsilon becomes a run (``plan_budget``):
 
 - ``inf`` is the non-private baseline: ``dp.enabled = false``, everything else unchanged.
-- A finite target keeps every DP-SGD setting of the scenario except
-  ``dp.noise-multiplier``, chosen so that a client *sampled in every round* ends the run at
-  the target: for each client, ``sample_rate = 1 / ceil(n / batch_size)`` (the rate Opacus
-  and the ledger use; it is ``batch_size / n`` rounded up to whole batches) and
-  ``steps = num_rounds * local steps per round``; the noise multiplier comes from
+- A finite target keeps every DP-SGD setting of the scenario and sets ``dp.target-epsilon``
+  to it: each client calibrates its own noise multiplier once, for the whole run, so that it
+  ends at the target if *sampled in every round* (``sample_rate = 1 / ceil(n / batch_size)``,
+  the rate Opacus and the ledger use, and ``steps = num_rounds * local steps per round``;
   ``opacus.accountants.utils.get_noise_multiplier`` with the budget's accountant and
-  ``target_delta`` (bisection to within ``EPSILON_TOLERANCE``, from below). With unequal
-  partitions the largest multiplier over clients is taken, so the most exposed client
-  reaches the target and no client exceeds it.
+  ``target_delta``). With unequal partitions a large client needs less noise than a small
+  one; one multiplier for all (the largest) would cost the large clients accuracy for no
+  privacy. The plan records the most exposed client's multiplier (computed here the same
+  way, bisection to within ``EPSILON_TOLERANCE``, from below) as ``dp.noise-multiplier``.
 - ``budget.max-epsilon`` is set to the target, so each client's ledger enforces it: a
   round that would cross it is refused (or truncated, per ``budget.policy``).
 - Each run keeps its ledgers in its own directory, so budgets of different runs never mix.
@@ -195,18 +195,18 @@ def plan_budget(config: RunConfig, target_epsilon: float) -> BudgetPlan:
 
 
 def apply_plan(config: RunConfig, plan: BudgetPlan) -> RunConfig:
-    """The scenario for one target: DP off for ``inf``, else noise and budget as planned.
+    """The scenario for one target: DP off for ``inf``, else each client calibrated to it.
 
-    ``dp.target-epsilon`` is reset to 0: a scenario that sets it has each client calibrate
-    its own noise to it and ignore ``dp.noise-multiplier``, so every target would run at
-    the scenario's epsilon instead of its own.
+    ``dp.target-epsilon`` is always the plan's target (a scenario's own target would otherwise
+    run every target at the scenario's epsilon); ``dp.noise-multiplier`` records the most
+    exposed client's multiplier, which clients calibrating to a target do not read.
     """
     overrides: dict[str, Any] = {"ledger-dir": "", "out-dir": ""}
     if plan.private:
         overrides |= {
             "dp.enabled": True,
             "dp.noise-multiplier": plan.noise_multiplier,
-            "dp.target-epsilon": 0.0,
+            "dp.target-epsilon": plan.target_epsilon,
             "budget.max-epsilon": plan.target_epsilon,
         }
     else:

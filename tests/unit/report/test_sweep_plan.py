@@ -101,19 +101,19 @@ def test_a_finite_target_sets_noise_and_budget_and_inf_turns_dp_off():
     private = apply_plan(config, plan_budget(config, 1.0))
     baseline = apply_plan(config, plan_budget(config, math.inf))
 
-    assert private.dp.enabled and private.budget.max_epsilon == 1.0
+    assert private.dp.enabled and private.budget.max_epsilon == private.dp.target_epsilon == 1.0
     assert private.dp.noise_multiplier == plan_budget(config, 1.0).noise_multiplier
     assert not baseline.dp.enabled
     assert private.ledger_dir == baseline.ledger_dir == ""  # each run keeps its own ledgers
 
 
-def test_a_scenario_calibrated_to_its_own_epsilon_runs_each_target_with_the_planned_noise():
-    config = _scenario(**{"dp.target-epsilon": 3.0})  # clients would ignore dp.noise-multiplier
+def test_each_client_calibrates_to_the_target_even_when_the_scenario_names_its_own():
+    config = _scenario(**{"dp.target-epsilon": 3.0})  # clients ignore dp.noise-multiplier
 
     private = apply_plan(config, plan_budget(config, 1.0))
 
-    assert private.dp.target_epsilon == 0.0
-    assert private.dp.noise_multiplier == plan_budget(config, 1.0).noise_multiplier
+    assert private.dp.target_epsilon == 1.0 and private.budget.max_epsilon == 1.0
+    assert private.dp.noise_multiplier == plan_budget(config, 1.0).noise_multiplier  # the most exposed
 
 
 def test_run_sweep_simulates_one_run_per_target_and_records_the_plans(tmp_path):
