@@ -93,3 +93,16 @@ def private_round(
         device=CPU,
         generator=None if seed is None else torch.Generator().manual_seed(seed),
     )
+
+
+def oracle_rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """Epsilon of ``steps`` Poisson-subsampled Gaussian steps by dp_accounting's RDP accountant, on
+    Opacus' orders: an implementation independent of fedsys' (and of Opacus')."""
+    import dp_accounting
+    from dp_accounting import rdp
+    from opacus.accountants.rdp import RDPAccountant
+
+    event = dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
+    accountant = rdp.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
+    accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return float(accountant.get_epsilon(delta))

@@ -2,11 +2,9 @@
 
 import math
 
-import dp_accounting
 import pytest
 import torch
-from dp_accounting import rdp
-from opacus.accountants.rdp import RDPAccountant
+from privacy_builders import oracle_rdp_epsilon
 
 from fedsys.config import RunConfig
 from fedsys.data import central_test_data, simulated_client_data
@@ -41,13 +39,6 @@ def _breast_cancer(**extra):
     )
 
 
-def _oracle_rdp_epsilon(noise_multiplier, sample_rate, steps, delta):
-    event = dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
-    accountant = rdp.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
-    accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
-    return accountant.get_epsilon(delta)
-
-
 def test_the_spent_epsilon_matches_an_independent_rdp_accountant():
     config = _breast_cancer()
 
@@ -56,7 +47,7 @@ def test_the_spent_epsilon_matches_an_independent_rdp_accountant():
     n = len(pooled_training_data(config))
     assert result.sample_rate == 1 / math.ceil(n / 32)  # what Opacus samples and accounts
     assert result.steps == 3 * math.ceil(n / 32)  # rounds x local epochs, whole epochs
-    oracle = _oracle_rdp_epsilon(result.noise_multiplier, result.sample_rate, result.steps, 1e-5)
+    oracle = oracle_rdp_epsilon(result.noise_multiplier, result.sample_rate, result.steps, 1e-5)
     assert result.epsilon == pytest.approx(oracle, rel=0.01)
     assert 2.0 - EPSILON_TOLERANCE <= result.epsilon <= 2.0
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 import re
 
-import dp_accounting
 import pytest
-from dp_accounting import rdp
-from opacus.accountants.rdp import RDPAccountant
+from privacy_builders import oracle_rdp_epsilon
 
 from fedsys.config import RunConfig
 from fedsys.data import simulated_client_data
@@ -31,14 +29,6 @@ def _config(**overrides: object) -> RunConfig:
     return RunConfig().replace({**base, **overrides})
 
 
-def _oracle_rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """dp_accounting's RDP accountant on Opacus' orders: an implementation independent of ours."""
-    event = dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
-    accountant = rdp.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
-    accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
-    return float(accountant.get_epsilon(delta))
-
-
 def test_a_holders_planned_epsilon_matches_an_independent_rdp_accountant():
     config = _config(**{"dp.noise-multiplier": 1.3, "num-rounds": 4})
 
@@ -48,7 +38,7 @@ def test_a_holders_planned_epsilon_matches_an_independent_rdp_accountant():
     # the run's defaults: 3 local epochs of ceil(287 / 32) = 9 Poisson batches, q = 1/9
     assert holder.schedule.sample_rate == 1 / 9
     assert holder.schedule.steps == 4 * 3 * 9
-    oracle = _oracle_rdp_epsilon(1.3, 1 / 9, 108, 1e-5)
+    oracle = oracle_rdp_epsilon(1.3, 1 / 9, 108, 1e-5)
     assert holder.epsilon == pytest.approx(oracle, rel=1e-4)  # the oracle drops fractional orders
 
 

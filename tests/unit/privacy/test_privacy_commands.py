@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import typer
+from privacy_builders import oracle_rdp_epsilon
 from typer.testing import CliRunner
 
 from fedsys.config import TrainConfig
@@ -281,18 +282,6 @@ def test_ledger_show_flags_a_budget_whose_data_changed(tmp_path):
     assert (total["budget_key"], total["entries"], total["fingerprints"]) == ("default", 2, 2)
 
 
-def _oracle_rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int) -> float:
-    """dp_accounting's RDP accountant on Opacus' orders: an implementation independent of ours."""
-    import dp_accounting
-    from dp_accounting.rdp import RdpAccountant
-    from opacus.accountants import RDPAccountant
-
-    event = dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
-    accountant = RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
-    accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
-    return float(accountant.get_epsilon(1e-5))
-
-
 def test_without_a_batch_size_plan_suggests_batch_sizes_best_first_each_meeting_the_target():
     payload = _plan_json("--dataset-size", "287", "--local-epochs", "2")
 
@@ -302,7 +291,7 @@ def test_without_a_batch_size_plan_suggests_batch_sizes_best_first_each_meeting_
     for row in rows:
         assert row["sample_rate"] == 1 / math.ceil(287 / row["batch_size"])
         assert row["steps"] == 20 * 2 * math.ceil(287 / row["batch_size"])
-        epsilon = _oracle_rdp_epsilon(row["noise_multiplier"], row["sample_rate"], row["steps"])
+        epsilon = oracle_rdp_epsilon(row["noise_multiplier"], row["sample_rate"], row["steps"], 1e-5)
         assert 3 - 1e-2 < epsilon <= 3 + 1e-9
         assert row["signal_to_noise"] == pytest.approx(
             math.sqrt(row["steps"]) * row["batch_size"] / row["noise_multiplier"]
