@@ -37,6 +37,7 @@ __all__ = [
     "ScheduleForecast",
     "check_schedule",
     "forecast_schedule",
+    "holder_schedule",
     "schedule_problem",
     "simulated_train_sizes",
 ]
@@ -101,7 +102,8 @@ def simulated_train_sizes(config: RunConfig) -> list[int]:
     return [len(simulated_client_data(config, partition_id=p, num_partitions=num).train) for p in range(num)]
 
 
-def _schedule(config: RunConfig, num_examples: int, rounds: int) -> Schedule:
+def holder_schedule(config: RunConfig, num_examples: int, rounds: int) -> Schedule:
+    """The DP-SGD schedule of a holder with ``num_examples`` training examples, sampled ``rounds`` times."""
     train = config.train
     return resolve_schedule(
         rounds=rounds,
@@ -132,7 +134,7 @@ def forecast_schedule(config: RunConfig, sizes: Sequence[int]) -> ScheduleForeca
     budget = config.budget
     holders = []
     for client, n in enumerate(sizes):
-        schedule = _schedule(config, n, config.num_rounds)
+        schedule = holder_schedule(config, n, config.num_rounds)
         epsilon = schedule.epsilon(sigma, target_delta=budget.target_delta, accountant=budget.accountant)
         holders.append(HolderForecast(client, n, schedule, epsilon))
     return ScheduleForecast(sigma, budget.max_epsilon, budget.target_delta, budget.accountant, tuple(holders))

@@ -135,26 +135,10 @@ def budget_accountant(config: RunConfig) -> Accountant:
 
 def client_workloads(config: RunConfig) -> set[tuple[float, int]]:
     """Distinct ``(sample_rate, steps over all rounds)`` of the scenario's clients."""
-    from fedsys.data.federated import simulated_client_data
-    from fedsys.privacy import plan_steps, sample_rate_for
+    from fedsys.privacy.precheck import holder_schedule, simulated_train_sizes
 
-    num = config.simulation.num_clients
-    batch = config.train.batch_size
-    sizes = {len(simulated_client_data(config, partition_id=p, num_partitions=num).train) for p in range(num)}
-    local_steps = config.train.local_steps or None
-    return {
-        (
-            sample_rate_for(n, batch),
-            config.num_rounds
-            * plan_steps(
-                num_examples=n,
-                batch_size=batch,
-                local_epochs=None if local_steps else config.train.local_epochs,
-                local_steps=local_steps,
-            ),
-        )
-        for n in sizes
-    }
+    schedules = (holder_schedule(config, n, config.num_rounds) for n in set(simulated_train_sizes(config)))
+    return {(schedule.sample_rate, schedule.steps) for schedule in schedules}
 
 
 def plan_budget(config: RunConfig, target_epsilon: float) -> BudgetPlan:
