@@ -26,10 +26,13 @@ Accountant = Literal["rdp", "prv"]
 GradSampleMode = Literal["auto", "hooks", "ghost"]
 BudgetPolicy = Literal["refuse", "truncate"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+DPMode = Literal["local", "distributed"]
+DPLevel = Literal["sample", "client"]
 SecAggMode = Literal["semi-honest", "malicious"]
 
 _PARTITION_RE = re.compile(r"^(iid|natural|dirichlet:(?P<alpha>[0-9.eE+-]+)|shards:(?P<k>\d+))$")
 _BUILTIN_DATASETS = ("digits", "mnist-5k", "breast-cancer")
+MAX_TEXT_LENGTH = 65_536
 MODEL_REFERENCE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -154,8 +157,32 @@ class DPConfig:
     # > 0: each client calibrates its noise once, for the whole run's schedule, from its own
     # sampling rate, so that num-rounds rounds reach exactly this epsilon (noise-multiplier unused)
     target_epsilon: float = 0.0
+    # "local": each holder adds all of its DP-SGD noise itself (DP-FedAvg over local DP-SGD).
+    # "distributed": DP-FedSGD inside SecAgg+ -- each holder adds a Skellam share of the noise
+    # in the integer ring, the aggregate carries the full noise (fedsys.privacy.distributed);
+    # noise-multiplier (or target-epsilon) then describes the aggregate's noise.
+    mode: DPMode = "local"
+    bits: int = 16  # distributed mode: ring bits per coordinate of the secure sum
+    # distributed mode: "sample" = DP-FedSGD, each record's gradient clipped to max-grad-norm;
+    # "client" = DP-FedAvg, each holder trains without DP and clips its whole update to
+    # max-grad-norm (client-level DP: a neighbouring data set differs by one holder's data)
+    level: DPLevel = "sample"
 
     def __post_init__(self) -> None:
+        _require(
+            self.mode in ("local", "distributed"),
+            "dp.mode",
+            self.mode,
+            'must be "local" or "distributed"',
+        )
+        _require(8 <= self.bits <= 62, "dp.bits", self.bits, "must be in [8, 62]")
+        _require(self.level in ("sample", "client"), "dp.level", self.level, 'must be "sample" or "client"')
+        _require(
+            self.level == "sample" or self.mode == "distributed",
+            "dp.level",
+            self.level,
+            'client-level DP exists in dp.mode = "distributed" only',
+        )
         _require(
             self.target_epsilon >= 0 and math.isfinite(self.target_epsilon),
             "dp.target-epsilon",
@@ -247,6 +274,50 @@ class SimulationConfig:
 
 
 @dataclass(frozen=True)
+class TextConfig:
+    """A text data file (``[text]``): with ``column`` set, ``dataset`` (a CSV or Parquet file) is
+    read as texts, each encoded on its own into ``max-length`` token ids by a public tokenizer,
+    ``bytes`` (UTF-8 bytes) or a tokenizer JSON file; never a vocabulary built from the records
+    (:mod:`fedsys.data.text`). Token ids are not scaled, so ``feature-range`` does not apply.
+    """
+
+    column: str = ""
+    max_length: int = 128
+    tokenizer: str = "bytes"
+
+    def __post_init__(self) -> None:
+        _require(
+            1 <= self.max_length <= MAX_TEXT_LENGTH,
+            "text.max-length",
+            self.max_length,
+            f"must be in [1, {MAX_TEXT_LENGTH}]",
+        )
+        _require(bool(self.tokenizer), "text.tokenizer", self.tokenizer, 'must be "bytes" or a .json file')
+
+
+def is_dataset_loader(dataset: str) -> bool:
+    """Whether ``dataset`` names a user loader (``package.module:loader``) rather than a file."""
+    return not dataset.startswith("synthetic") and bool(MODEL_REFERENCE_RE.match(dataset))
+
+
+def _check_dataset(config: RunConfig) -> None:
+    text, dataset = config.text, config.dataset
+    if is_dataset_loader(dataset) and config.feature_range.strip().lower().endswith(".csv"):
+        raise ConfigError(
+            f"a feature-range table names file columns; a loader's features have none: give "
+            f'"LO,HI" or "none", got {config.feature_range!r}'
+        )
+    if not text.column:
+        return
+    if Path(dataset).suffix.lower() not in {".csv", ".parquet", ".pq"} or is_dataset_loader(dataset):
+        raise ConfigError(f"text.column applies to a .csv or .parquet dataset file, got dataset {dataset!r}")
+    if config.feature_range:
+        raise ConfigError(
+            f"feature-range does not apply to text (token ids are not scaled), got {config.feature_range!r}"
+        )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one federated run needs, validated."""
 
@@ -258,6 +329,7 @@ class RunConfig:
     model: str = "mlp"  # a built-in name or "package.module:factory" (fedsys.models.factory)
     fix_model: bool = False  # apply Opacus' ModuleValidator.fix wherever the model is built
     tensorboard_dir: str = ""  # per-round TensorBoard scalars under DIR/<run name>; "" = off
+    mlflow_uri: str = ""  # an MLflow tracking URI or file-store path (fedsys.mlflow_tracking); "" = off
     device: DeviceName = "auto"
     test_fraction: float = 0.2
     checkpoint_every: int = 1
@@ -266,6 +338,9 @@ class RunConfig:
     out_dir: str = ""
     ledger_dir: str = ""
     resume_from: str = ""  # a run directory whose checkpoint to continue from
+    # simulation only, a holder's own setting (never taken from the server): an .npz of audit
+    # canaries (fedsys.audit.canaries) each simulated holder adds to its training split
+    audit_canaries: str = ""
     # the public range of a data file's values (simulation; a real holder declares its own)
     feature_range: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -275,9 +350,15 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
         _require(self.num_rounds >= 1, "num-rounds", self.num_rounds, "must be >= 1")
+        if self.dp.mode == "distributed" and not (self.dp.enabled and self.secagg.enabled):
+            raise ConfigError(
+                'dp.mode = "distributed" adds the noise in shares inside secure aggregation: '
+                "it needs dp.enabled and secagg.enabled"
+            )
         _require(0 < self.test_fraction < 1, "test-fraction", self.test_fraction, "must be in (0, 1)")
         _require(self.checkpoint_every >= 1, "checkpoint-every", self.checkpoint_every, "must be >= 1")
         if self.partition != "auto" and not _PARTITION_RE.match(self.partition):
@@ -293,6 +374,7 @@ class RunConfig:
                 f"feature-range applies to data files; built-in {self.dataset!r} carries its own "
                 f"public range, got {self.feature_range!r}"
             )
+        _check_dataset(self)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RunConfig:

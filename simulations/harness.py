@@ -20,6 +20,8 @@ from server.app import make_server_app
 
 SCENARIO_DIR = Path(__file__).parent
 
+log = logging.getLogger("fedsys")
+
 
 def local_settings(config: RunConfig) -> dict[str, Any]:
     """What each simulated data holder sets for itself (the scenario stands in for all of them).
@@ -51,6 +53,24 @@ def backend_config(config: RunConfig) -> dict[str, Any]:
     }
 
 
+def distributed_noise(config: RunConfig) -> RunConfig:
+    """In distributed-DP mode, resolve ``dp.target-epsilon`` to the public aggregate noise multiplier
+    (:func:`fedsys.privacy.distributed_round.resolve_noise`); any other config is returned as it is."""
+    if config.dp.mode != "distributed" or config.dp.target_epsilon <= 0:
+        return config
+    from fedsys.privacy.distributed_round import resolve_noise
+    from fedsys.privacy.precheck import model_dim, simulated_train_sizes
+
+    resolved = resolve_noise(config, sizes=simulated_train_sizes(config), dim=model_dim(config))
+    log.info(
+        "distributed DP: the aggregate noise multiplier for epsilon %g over %d rounds is %.4g",
+        config.dp.target_epsilon,
+        config.num_rounds,
+        resolved.dp.noise_multiplier,
+    )
+    return resolved
+
+
 def run_scenario(
     config: RunConfig,
     run_dir: Path,
@@ -59,10 +79,13 @@ def run_scenario(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     verbose: bool = False,
     client_app: ClientApp | None = None,
+    holder_extras: Mapping[str, Any] | None = None,
 ) -> Mapping[str, Any]:
     """Simulate ``config`` and write its results to ``run_dir``; returns the summary.
 
     ``client_app`` replaces fedsys' ClientApp (tests use it to inject faulty clients).
+    ``holder_extras`` adds holder-side settings to every simulated holder's own (``fedsys audit``
+    passes ``audit-canaries`` this way, so the server never sees or chooses the canaries).
     """
     from flwr.simulation import run_simulation
 
@@ -70,6 +93,7 @@ def run_scenario(
     config = config.replace(
         {"out-dir": str(run_dir), "ledger-dir": config.ledger_dir or str(run_dir / "ledgers")}
     )
+    config = distributed_noise(config)
     summary: dict[str, Any] = {}
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -77,7 +101,7 @@ def run_scenario(
     server = make_server_app(
         config, simulated=True, resume=resume, on_round=on_round, on_summary=summary.update
     )
-    client = client_app or make_client_app(local_settings(config))
+    client = client_app or make_client_app(local_settings(config) | dict(holder_extras or {}))
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     with warnings.catch_warnings():

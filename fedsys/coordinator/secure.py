@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -30,7 +31,7 @@ from fedsys.config import RunConfig
 from fedsys.coordinator.messaging import Exchange, exchange
 from fedsys.coordinator.plain import round_configs
 from fedsys.coordinator.round import RoundOutcome, refusal_code
-from fedsys.errors import AbortedRoundError, FedsysError, ProtocolError
+from fedsys.errors import AbortedRoundError, ConfigError, FedsysError, ProtocolError
 from fedsys.models import flatten, unflatten
 from fedsys.secagg import (
     AdvertiseKeysReply,
@@ -68,11 +69,19 @@ ACTIONS = {
 }
 _R = TypeVar("_R")
 
+if TYPE_CHECKING:
+    from fedsys.secagg.ddp import DdpEncoding
+
 
 def secagg_params(config: RunConfig) -> SecAggParams:
-    """The operator's SecAgg+ parameters from the scenario."""
+    """The operator's SecAgg+ parameters from the scenario.
+
+    In distributed-DP mode the clients send integer vectors in a ring of ``dp.bits`` bits; the
+    scale they encode with is chosen per round once the threshold is known (:func:`_distributed`).
+    """
     sa = config.secagg
     return SecAggParams(
+        integer_ring_bits=config.dp.bits if config.dp.mode == "distributed" else None,
         max_weight=sa.max_weight,
         clip_range=sa.clip_range,
         quant_bits=sa.quant_bits,
@@ -103,13 +112,25 @@ def secure_round(
             status="abandoned",
             message=f"secure aggregation needs at least 2 sampled clients, got {len(sampled)}",
         )
+    dim = len(flatten(weights))
+    distributed = config.dp.mode == "distributed"
+    if distributed:  # imported here: a plain run's server never loads the distributed-DP stack
+        from fedsys.privacy.distributed_round import server_encoding
+        from fedsys.secagg.ddp_bounds import padded_dim_for
     server = SecAggServer(
         list(nodes),
         context=RoundContext(run_id=int(run_id, 16), round=rnd),
-        vector_length=len(flatten(weights)),
+        vector_length=padded_dim_for(dim) if distributed else dim,
         params=secagg_params(config),
     )
     outcome = RoundOutcome(sampled=sampled)
+    encoding = None
+    if distributed:
+        try:
+            encoding = server_encoding(config, dim=dim, threshold=server.threshold, participants=len(nodes))
+        except ConfigError as err:
+            return RoundOutcome(sampled=sampled, status="abandoned", message=f"distributed DP: {err}")
+        server.params = replace(server.params, integer_scale=encoding.gamma)
     configs = round_configs(config, assignment, rnd, run_id, simulated=simulated)
     timeout = config.secagg.stage_timeout
     started = time.perf_counter()
@@ -130,7 +151,7 @@ def secure_round(
         return ex
 
     try:
-        _run_stages(server, send, ids, outcome, weights, config)
+        _run_stages(server, send, ids, outcome, weights, config, encoding, run_id=run_id, rnd=rnd)
     except (AbortedRoundError, ProtocolError) as err:
         # the refusals come first: they are the cause that a survivor count alone hides
         cause = f"{outcome.declined_summary()}; " if outcome.declined else ""
@@ -150,6 +171,10 @@ def _run_stages(
     outcome: RoundOutcome,
     weights: dict[str, np.ndarray],
     config: RunConfig,
+    encoding: DdpEncoding | None,
+    *,
+    run_id: str,
+    rnd: int,
 ) -> None:
     nodes = {i: node for node, i in ids.items()}
     ex = send("setup", server.setup_requests())
@@ -175,12 +200,58 @@ def _run_stages(
     t0 = time.perf_counter()
     result = server.receive_unmask(unmasked)
     outcome.aggregate_seconds = time.perf_counter() - t0
-    outcome.delta = unflatten(result.average, weights)
     outcome.succeeded = [nodes[u] for u in result.contributors]
+    if encoding is not None and result.ring_sum is not None:
+        outcome.delta = _fedsgd_step(
+            result.ring_sum, encoding, weights, config, run_id, rnd, len(result.contributors)
+        )
+        outcome.extra = _distributed_extra(encoding, config, len(result.contributors))
+    else:
+        outcome.delta = unflatten(result.average, weights)
     outcome.failed = sorted({n for n in ids if n not in outcome.succeeded and n not in outcome.declined})
     outcome.extra = {
+        **outcome.extra,
         "secagg-error-bound": result.mean_error_bound,
         "secagg-survivors": list(result.survivors_per_stage),
+    }
+
+
+def _fedsgd_step(
+    ring_sum: np.ndarray,
+    encoding: DdpEncoding,
+    weights: dict[str, np.ndarray],
+    config: RunConfig,
+    run_id: str,
+    rnd: int,
+    contributors: int,
+) -> dict[str, np.ndarray]:
+    """The global update from the decoded noisy sum: DP-FedSGD's ``-lr * sum / (B * |U|)`` (sample
+    level), or DP-FedAvg's ``sum / |U|`` of clipped local updates (client level).
+
+    ``B * |U|`` (the expected records of the contributors) is public, so the normalisation adds no
+    privacy cost, as with Opacus' expected batch size in central DP-SGD.
+    """
+    from fedsys.privacy.distributed_round import rotation_seed
+    from fedsys.secagg.ddp import decode_sum
+
+    total = decode_sum(ring_sum, encoding, rotation_seed=rotation_seed(run_id, rnd))
+    if config.dp.level == "client":  # DP-FedAvg: the mean of the clipped, noised updates
+        return unflatten((total / contributors).astype(np.float32), weights)
+    step = -config.train.lr * total / (config.train.batch_size * contributors)
+    return unflatten(step.astype(np.float32), weights)
+
+
+def _distributed_extra(encoding: DdpEncoding, config: RunConfig, contributors: int) -> dict[str, Any]:
+    """What a round record says about its distributed DP (all public)."""
+    return {
+        "dp-mode": "distributed",
+        "dp-level": config.dp.level,
+        "ddp-noise-multiplier": config.dp.noise_multiplier,
+        "ddp-min-survivors": encoding.min_survivors,
+        "ddp-noise-contributors": contributors,
+        "ddp-gamma": encoding.gamma,
+        "ddp-ring-bits": encoding.ring_bits,
+        "ddp-wrap-probability": encoding.wrap_probability,
     }
 
 

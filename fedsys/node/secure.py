@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from fedsys.config import RunConfig
 from fedsys.errors import FedsysError, ProtocolError
 from fedsys.models import flatten
 from fedsys.node.handlers import admit_round, budget_reason, decline, local_settings, server_config
@@ -134,7 +135,17 @@ def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
             Refusal.NO_SECAGG_IDENTITY,
             "SecAgg+ against a malicious server needs this holder's identity key and peers file",
         )
-    reason, spent = precheck_budget(config, settings)
+    if (config.dp.mode == "distributed") != request.integer_input:
+        raise ProtocolError(
+            f"dp.mode {config.dp.mode!r} does not match the secagg setup "
+            f"({'integer' if request.integer_input else 'real-valued'} inputs)"
+        )
+    if config.dp.mode == "distributed":
+        from fedsys.node.distributed import precheck_distributed  # imported by distributed rounds only
+
+        reason, spent = precheck_distributed(config, settings, request, request.vector_length)
+    else:
+        reason, spent = precheck_budget(config, settings)
     if reason:
         shared = {"epsilon": spent} if settings.policy.share_epsilon else {}
         return decline(message, Refusal.BUDGET, budget_reason(settings, reason), metrics=shared)
@@ -176,6 +187,8 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
         raise ProtocolError(f"the mask request breaks this holder's policy: {refusal[1]}")
     request = MaskedInputRequest.from_record(_request(message))
     global_arrays = require_arrays(message, ARRAYS)
+    if config.dp.mode == "distributed":
+        return _mask_distributed(message, context, client, request, global_arrays, config, settings)
     # Before any record is read: a request that cannot complete must not cost budget. The weight
     # is clamped with the max-weight agreed at setup, not with what this message's config says.
     max_weight = client.admit_masked_input(request, vector_length=sum(a.size for a in global_arrays.values()))
@@ -198,6 +211,40 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
     log.info("round %d: local metrics %s", rnd, update.metrics)
     shared = shareable_metrics(
         update, dp_enabled=config.dp.enabled, secure=True, share_epsilon=settings.policy.share_epsilon
+    )
+    masked = to_record({"masked-input": reply.masked_input})
+    return _reply(message, reply.to_record(), **{MASKED: masked, METRICS: MetricRecord(dict(shared.items()))})
+
+
+def _mask_distributed(
+    message: Message,
+    context: Context,
+    client: SecAggClient,
+    request: MaskedInputRequest,
+    global_arrays: dict[str, np.ndarray],
+    config: RunConfig,
+    settings: HolderSettings,
+) -> Message:
+    """Stage 3 in distributed-DP mode: one DP-FedSGD step, encoded with this holder's noise share."""
+    from fedsys.node.distributed import distributed_update
+
+    setup_request = client.setup
+    if setup_request is None or not setup_request.integer_input:
+        raise ProtocolError("distributed DP needs a secagg round with integer inputs")
+    # before any record is read, as in local mode: a request that cannot complete costs nothing
+    client.admit_masked_input(request, vector_length=setup_request.vector_length)
+    _, rnd, run_id = server_config(message)
+    update = distributed_update(
+        config, settings, global_arrays, setup=setup_request, server_round=rnd, run_id=run_id
+    )
+    if update.status != "ok" or update.encoded is None:
+        raise ProtocolError(
+            f"cannot contribute to the secure round: {budget_reason(settings, update.reason)}"
+        )
+    reply = client.mask_integer_input(request, encoded=update.encoded)
+    _save(context, client)
+    shared = (
+        {k: v for k, v in update.metrics.items() if k == "epsilon"} if settings.policy.share_epsilon else {}
     )
     masked = to_record({"masked-input": reply.masked_input})
     return _reply(message, reply.to_record(), **{MASKED: masked, METRICS: MetricRecord(dict(shared.items()))})

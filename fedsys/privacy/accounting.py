@@ -10,6 +10,14 @@ RDP-to-(eps, delta) conversion of Balle et al. 2020) and ``prv`` (numerical comp
 of privacy loss random variables, Gopi et al., NeurIPS 2021; Opacus returns the upper
 bound of its error interval). Both give valid upper bounds on epsilon, so a history may
 be re-evaluated with either; epsilons from different accountants are never added.
+
+A history may also hold :class:`~fedsys.privacy.distributed.SkellamSegment` entries: rounds of
+distributed DP (``dp.mode = "distributed"``), where the noise is the sum of integer Skellam
+shares added inside secure aggregation. Opacus cannot account those, so a history with any
+Skellam segment is evaluated as a whole with fedsys' RDP composition
+(:func:`fedsys.privacy.distributed.epsilon_of`: the Gaussian segments with Opacus' own RDP
+curve, the Skellam ones with Agarwal et al.'s bound), whatever accountant the budget names;
+that is a valid upper bound too, only never tighter than RDP.
 """
 
 from __future__ import annotations
@@ -18,13 +26,62 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, TypeGuard, Union, cast
 
 from opacus.accountants import create_accountant
 
 from fedsys.errors import ConfigError
 from fedsys.privacy.settings import ACCOUNTANTS, Accountant
 
+if TYPE_CHECKING:
+    from fedsys.privacy.distributed import SkellamSegment
+
 Segment = tuple[float, float, int]
+"""``(noise_multiplier, sample_rate, steps)`` of the Poisson-subsampled Gaussian mechanism."""
+AnySegment = Union[Segment, "SkellamSegment"]
+"""A Gaussian segment or a distributed-DP (Skellam) one."""
+
+
+def is_gaussian(segment: AnySegment) -> TypeGuard[Segment]:
+    """Whether ``segment`` is a Gaussian ``(noise_multiplier, sample_rate, steps)`` triple."""
+    return isinstance(segment, tuple) and not hasattr(segment, "mu")
+
+
+def gaussian_part(history: Sequence[AnySegment]) -> list[Segment]:
+    """The Gaussian segments of a history, merged: what an Opacus accountant can hold."""
+    merged: list[Segment] = []
+    for segment in history:
+        if is_gaussian(segment):
+            noise, rate, steps = segment
+            merged = cast(
+                list[Segment], extend_history(merged, noise_multiplier=noise, sample_rate=rate, steps=steps)
+            )
+    return merged
+
+
+def append_segment(history: Sequence[AnySegment], segment: AnySegment) -> list[AnySegment]:
+    """Append any segment, merging it with an equal-parameter last one (no steps: unchanged).
+
+    Raises:
+        ConfigError: a Gaussian segment is out of range.
+    """
+    if is_gaussian(segment):
+        noise, rate, steps = segment
+        return extend_history(history, noise_multiplier=float(noise), sample_rate=float(rate), steps=steps)
+    merged = list(history)
+    skellam = cast("SkellamSegment", segment)
+    if skellam.steps == 0:
+        return merged
+    last = merged[-1] if merged else None
+    if last is not None and not is_gaussian(last):
+        previous = cast("SkellamSegment", last)
+        if replace(previous, steps=skellam.steps) == skellam:
+            merged[-1] = replace(previous, steps=previous.steps + skellam.steps)
+            return merged
+    merged.append(skellam)
+    return merged
+
 
 # Opacus' RDP conversion warns when the best order sits at the edge of its order grid. The
 # epsilon is still a valid (if looser than possible) upper bound, so the check stays sound.
@@ -41,8 +98,8 @@ def _check_segment(noise_multiplier: float, sample_rate: float, steps: int) -> N
 
 
 def extend_history(
-    history: Sequence[Segment], *, noise_multiplier: float, sample_rate: float, steps: int
-) -> list[Segment]:
+    history: Sequence[AnySegment], *, noise_multiplier: float, sample_rate: float, steps: int
+) -> list[AnySegment]:
     """Append ``steps`` to a history the way Opacus' accountants record them.
 
     Consecutive segments with identical parameters are merged, exactly as
@@ -66,31 +123,27 @@ def extend_history(
     merged = list(history)
     if steps == 0:
         return merged
-    if merged and merged[-1][0] == noise_multiplier and merged[-1][1] == sample_rate:
-        merged[-1] = (noise_multiplier, sample_rate, merged[-1][2] + steps)
+    last = merged[-1] if merged else None
+    if last is not None and is_gaussian(last) and last[0] == noise_multiplier and last[1] == sample_rate:
+        merged[-1] = (noise_multiplier, sample_rate, last[2] + steps)
     else:
         merged.append((noise_multiplier, sample_rate, steps))
     return merged
 
 
-def normalize_history(history: Sequence[Segment]) -> list[Segment]:
+def normalize_history(history: Sequence[AnySegment]) -> list[AnySegment]:
     """Validate a history, drop empty segments and merge consecutive equal ones.
 
     Raises:
         ConfigError: a segment is out of range.
     """
-    merged: list[Segment] = []
-    for noise_multiplier, sample_rate, steps in history:
-        merged = extend_history(
-            merged,
-            noise_multiplier=float(noise_multiplier),
-            sample_rate=float(sample_rate),
-            steps=steps,
-        )
+    merged: list[AnySegment] = []
+    for segment in history:
+        merged = append_segment(merged, segment)
     return merged
 
 
-def compute_epsilon(history: Sequence[Segment], *, target_delta: float, accountant: Accountant) -> float:
+def compute_epsilon(history: Sequence[AnySegment], *, target_delta: float, accountant: Accountant) -> float:
     """Epsilon spent by a history at ``target_delta``, computed by an Opacus accountant.
 
     Args:
@@ -111,7 +164,12 @@ def compute_epsilon(history: Sequence[Segment], *, target_delta: float, accounta
     segments = normalize_history(history)
     if not segments:
         return 0.0
-    return _epsilon(tuple(segments), target_delta, accountant)
+    if not all(is_gaussian(segment) for segment in segments):
+        from fedsys.privacy.distributed import epsilon_of
+
+        skellam = [cast("SkellamSegment", segment) for segment in segments if not is_gaussian(segment)]
+        return float(epsilon_of(gaussian_part(segments), skellam, target_delta))
+    return _epsilon(tuple(cast(list[Segment], segments)), target_delta, accountant)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -126,7 +184,7 @@ def _epsilon(segments: tuple[Segment, ...], target_delta: float, accountant: Acc
 
 
 def max_steps_within(
-    history: Sequence[Segment],
+    history: Sequence[AnySegment],
     *,
     noise_multiplier: float,
     sample_rate: float,

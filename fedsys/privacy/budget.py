@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedsys.errors import BudgetExceededError
-from fedsys.privacy.accounting import Segment, compute_epsilon, extend_history, max_steps_within
+from fedsys.privacy.accounting import AnySegment, compute_epsilon, extend_history, max_steps_within
 from fedsys.privacy.settings import LocalBudget
 
 
-def budget_epsilon(history: Sequence[Segment], budget: LocalBudget) -> float:
+def budget_epsilon(history: Sequence[AnySegment], budget: LocalBudget) -> float:
     """Epsilon of a history under the budget's own accountant and delta."""
     return compute_epsilon(history, target_delta=budget.target_delta, accountant=budget.accountant)
 
@@ -30,7 +30,7 @@ def delta_warning(target_delta: float, num_examples: int) -> str | None:
 
 
 def grant_steps(
-    prior: Sequence[Segment],
+    prior: Sequence[AnySegment],
     *,
     noise_multiplier: float,
     sample_rate: float,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fedsys.config import TrainConfig
+from fedsys.errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -53,8 +55,25 @@ def plan(
         int | None, typer.Option(help="Expected batch size B (with --dataset-size).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="local (DP-SGD at each holder) or distributed (DP-FedSGD, noise in shares inside "
+            "SecAgg+: one step per round; needs --dataset-size, --batch-size and --dim)."
+        ),
+    ] = "local",
+    dim: Annotated[int | None, typer.Option(help="Distributed: the model's number of weights.")] = None,
+    clients: Annotated[int, typer.Option(help="Distributed: holders per round.")] = 5,
+    threshold: Annotated[
+        int, typer.Option(help="Distributed: SecAgg+ threshold t (each holder adds 1/t of the noise).")
+    ] = 3,
+    bits: Annotated[int, typer.Option(help="Distributed: ring bits per coordinate.")] = 16,
+    clip: Annotated[float, typer.Option(help="Distributed: per-record L2 clip (dp.max-grad-norm).")] = 1.0,
 ) -> None:
     """Noise multiplier that makes a client's whole schedule end at --target-epsilon.
+
+    With --mode distributed: the aggregate noise multiplier (dp.noise-multiplier) for --rounds
+    DP-FedSGD rounds, with the scale, ring and each holder's noise share it implies.
 
     With --dataset-size but no --batch-size, suggests a schedule instead: batch sizes ranked
     best first, each with its noise multiplier (RDP), steps and signal-to-noise ratio.
@@ -71,6 +90,13 @@ def plan(
     def _run() -> None:
         from fedsys.privacy.planning import noise_for_target, resolve_schedule, suggest_batch_sizes
 
+        if mode == "distributed":
+            result = _distributed_plan(target_epsilon, delta, rounds, dataset_size, batch_size, dim, clients,
+                                       threshold, bits, clip)  # fmt: skip
+            typer.echo(json.dumps(result, indent=2) if as_json else _format_distributed(result))
+            return
+        if mode != "local":
+            raise ConfigError(f'--mode must be "local" or "distributed", got {mode!r}')
         epochs = DEFAULT_LOCAL_EPOCHS if local_epochs is None and local_steps is None else local_epochs
         if dataset_size is not None and batch_size is None and sample_rate is None and local_steps is None:
             candidates = suggest_batch_sizes(
@@ -196,6 +222,78 @@ def _print_plan(result: dict[str, Any]) -> None:
     for row in result["plans"]:
         table.add_row(row["accountant"], f"{row['noise_multiplier']:.4f}", f"{row['epsilon']:.4f}")
     stdout.print(table)
+
+
+def _distributed_plan(
+    target: float,
+    delta: float,
+    rounds: int,
+    dataset_size: int | None,
+    batch_size: int | None,
+    dim: int | None,
+    clients: int,
+    threshold: int,
+    bits: int,
+    clip: float,
+) -> dict[str, Any]:
+    """The public parameters of a distributed-DP run that ends at ``target`` (see ``plan --mode``)."""
+    from fedsys.config import RunConfig
+    from fedsys.privacy.distributed import epsilon_of
+    from fedsys.privacy.distributed_round import resolve_noise, round_segment, server_encoding
+    from fedsys.privacy.dpsgd import sample_rate_for
+
+    if dataset_size is None or batch_size is None or dim is None:
+        raise ConfigError("--mode distributed needs --dataset-size, --batch-size and --dim")
+    config = RunConfig().replace(
+        {
+            "num-rounds": rounds,
+            "train.batch-size": batch_size,
+            "dp.mode": "distributed",
+            "dp.target-epsilon": target,
+            "dp.bits": bits,
+            "dp.max-grad-norm": clip,
+            "budget.target-delta": delta,
+            "simulation.num-clients": clients,
+            "sampling.clients-per-round": clients,
+            "secagg.threshold": threshold,
+        }
+    )
+    resolved = resolve_noise(config, sizes=[dataset_size], dim=dim)
+    enc = server_encoding(resolved, dim=dim, threshold=threshold, participants=clients)
+    rate = sample_rate_for(dataset_size, batch_size)
+    segment = round_segment(enc, rate)
+    history = [type(segment)(segment.mu, segment.l1, segment.l2, rate, rounds)]
+    return {
+        "mode": "distributed",
+        "target_epsilon": target,
+        "target_delta": delta,
+        "sample_rate": rate,
+        "rounds": rounds,
+        "noise_multiplier": resolved.dp.noise_multiplier,
+        "epsilon": epsilon_of([], history, delta),
+        "gamma": enc.gamma,
+        "ring_bits": enc.ring_bits,
+        "noise_mu_total": enc.noise_mu_total,
+        "noise_mu_share": enc.noise_mu,
+        "threshold": threshold,
+        "clients": clients,
+        "wrap_probability": enc.wrap_probability,
+    }
+
+
+def _format_distributed(plan: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"distributed DP-FedSGD: {plan['rounds']} rounds at sampling rate {plan['sample_rate']:.4g}, "
+            f"{plan['clients']} holders, threshold {plan['threshold']}",
+            f"  --set dp.noise-multiplier={math.ceil(plan['noise_multiplier'] * 1000) / 1000:g}  "
+            f"(epsilon {plan['epsilon']:.4g} at delta {plan['target_delta']:g}; RDP, Skellam)",
+            f"  ring {plan['ring_bits']} bits per coordinate, scale gamma {plan['gamma']:.4g}, "
+            f"wrap-around probability <= {plan['wrap_probability']:.1e} per round",
+            f"  each holder adds Skellam noise mu {plan['noise_mu_share']:.4g}; any {plan['threshold']} "
+            f"together carry mu {plan['noise_mu_total']:.4g}",
+        ]
+    )
 
 
 @ledger_app.command("init")

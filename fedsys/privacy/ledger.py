@@ -30,6 +30,7 @@ Guarantees and assumptions:
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,9 +39,16 @@ from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from fedsys.errors import ConfigError, LedgerError
-from fedsys.privacy.accounting import Segment, compute_epsilon, extend_history, normalize_history
+from fedsys.errors import BudgetExceededError, ConfigError, LedgerError
+from fedsys.privacy.accounting import (
+    AnySegment,
+    append_segment,
+    compute_epsilon,
+    extend_history,
+    normalize_history,
+)
 from fedsys.privacy.budget import budget_epsilon, grant_steps
 from fedsys.privacy.fingerprint import fingerprint_dataset
 from fedsys.privacy.ledger_schema import (
@@ -55,6 +63,9 @@ from fedsys.privacy.ledger_schema import (
 )
 from fedsys.privacy.records import LedgerEntry, LedgerSummary, Reservation
 from fedsys.privacy.settings import LocalBudget
+
+if TYPE_CHECKING:
+    from fedsys.privacy.distributed import SkellamSegment
 
 __all__ = [
     "DEFAULT_BUDGET_KEY",
@@ -79,6 +90,7 @@ class _Request:
     noise_multiplier: float
     sample_rate: float
     steps: int
+    skellam: SkellamSegment | None = None  # a distributed-DP round instead of Gaussian steps
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,17 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _decide(prior: list[Segment], request: _Request, budget: LocalBudget, *, enforce: bool) -> _Decision:
+def _decide(prior: list[AnySegment], request: _Request, budget: LocalBudget, *, enforce: bool) -> _Decision:
     """The slow part (epsilon over the whole history): run with no lock held."""
+    if request.skellam is not None:  # one round of distributed DP: all or nothing
+        after = append_segment(prior, request.skellam)
+        before_epsilon, after_epsilon = budget_epsilon(prior, budget), budget_epsilon(after, budget)
+        if enforce and after_epsilon > budget.max_epsilon:
+            raise BudgetExceededError(
+                f"a distributed-DP round would reach epsilon {after_epsilon:.4g} > budget "
+                f"{budget.max_epsilon:g} (already spent {before_epsilon:.4g})"
+            )
+        return _Decision(request.steps, before_epsilon, after_epsilon)
     granted = request.steps
     if enforce:
         granted = grant_steps(
@@ -197,19 +218,35 @@ class PrivacyLedger:
         except sqlite3.Error as err:
             raise LedgerError(f"privacy ledger {self.path} cannot be written: {err}") from err
 
-    def _segments(self, conn: sqlite3.Connection, *keys: str) -> list[Segment]:
+    def _segments(self, conn: sqlite3.Connection, *keys: str) -> list[AnySegment]:
         marks = ", ".join("?" * len(keys))
         rows = conn.execute(
-            f"SELECT noise_multiplier, sample_rate, steps FROM entries WHERE budget_key IN ({marks}) "
-            "ORDER BY id",
+            "SELECT noise_multiplier, sample_rate, steps, mechanism, skellam_mu, skellam_l1, skellam_l2 "
+            f"FROM entries WHERE budget_key IN ({marks}) ORDER BY id",
             keys,
         ).fetchall()
         try:
-            return normalize_history([(float(n), float(q), int(s)) for n, q, s in rows])
+            segments: list[AnySegment] = []
+            if any(row[3] == "skellam" for row in rows):
+                from fedsys.privacy.distributed import SkellamSegment
+            for noise, rate, steps, mechanism, mu, l1, l2 in rows:
+                if mechanism == "skellam":
+                    segments.append(
+                        SkellamSegment(
+                            mu=float(mu),
+                            l1=float(l1),
+                            l2=float(l2),
+                            sample_rate=float(rate),
+                            steps=int(steps),
+                        )
+                    )
+                else:
+                    segments.append((float(noise), float(rate), int(steps)))
+            return normalize_history(segments)
         except (ConfigError, TypeError, ValueError) as err:
             raise LedgerError(f"privacy ledger {self.path} is inconsistent: {err}") from err
 
-    def _history(self, conn: sqlite3.Connection, budget_key: str) -> list[Segment]:
+    def _history(self, conn: sqlite3.Connection, budget_key: str) -> list[AnySegment]:
         return self._segments(conn, budget_key, LEGACY_BUDGET_KEY)
 
     def _last_fingerprint(self, conn: sqlite3.Connection, budget_key: str) -> str | None:
@@ -219,7 +256,7 @@ class PrivacyLedger:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def history(self, budget_key: str) -> list[Segment]:
+    def history(self, budget_key: str) -> list[AnySegment]:
         """Accountant history of a budget: its entries and any migrated from schema 1, merged.
 
         Open reservations count with their planned steps (fail closed).
@@ -301,6 +338,32 @@ class PrivacyLedger:
         )
         return self._reserve(request, budget, enforce=True)
 
+    def reserve_distributed_round(
+        self,
+        *,
+        budget_key: str,
+        fingerprint: str,
+        run_id: str,
+        server_round: int,
+        segment: SkellamSegment,
+        budget: LocalBudget,
+    ) -> Reservation:
+        """Check the budget and reserve one distributed-DP round (all or nothing).
+
+        The segment's ``mu`` is the Skellam parameter of the noise the *aggregate* carries
+        (what this holder relies on), not its own share; see :mod:`fedsys.privacy.distributed`.
+
+        Raises:
+            BudgetExceededError: the round does not fit, whatever the budget's policy (a
+                round cannot be truncated).
+            ConfigError, LedgerError: as for :meth:`reserve_within_budget`.
+        """
+        noise = math.sqrt(2.0 * segment.mu) / segment.l2  # the Gaussian-equivalent multiplier, display only
+        request = _Request(
+            budget_key, fingerprint, run_id, server_round, noise, segment.sample_rate, segment.steps, segment
+        )
+        return self._reserve(request, budget, enforce=True)
+
     def _reserve(self, request: _Request, budget: LocalBudget, *, enforce: bool) -> Reservation:
         _check_steps(request.steps)
         check_budget_key(request.budget_key)
@@ -339,10 +402,12 @@ class PrivacyLedger:
     def _insert(
         self, conn: sqlite3.Connection, request: _Request, decision: _Decision, budget: LocalBudget
     ) -> int:
+        skellam = request.skellam
         cursor = conn.execute(
             "INSERT INTO entries (budget_key, fingerprint, run_id, round, noise_multiplier, sample_rate, "
             "steps, planned_steps, accountant, target_delta, epsilon_before, epsilon_after, "
-            "status, reserved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+            "status, reserved_at, mechanism, skellam_mu, skellam_l1, skellam_l2) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)",
             (
                 request.budget_key,
                 request.fingerprint,
@@ -357,6 +422,10 @@ class PrivacyLedger:
                 decision.epsilon_before,
                 decision.epsilon_after,
                 _now(),
+                "gaussian" if skellam is None else "skellam",
+                None if skellam is None else skellam.mu,
+                None if skellam is None else skellam.l1,
+                None if skellam is None else skellam.l2,
             ),
         )
         if cursor.lastrowid is None:

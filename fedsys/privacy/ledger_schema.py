@@ -12,6 +12,11 @@ Schema versions:
    is kept per entry, for audit only. Migrating from 1 keeps every entry under
    :data:`LEGACY_BUDGET_KEY`, which counts towards *every* budget of the ledger
    (conservative: the old spend is never lost, whichever name the holder now declares).
+3. entries carry a ``mechanism``: ``gaussian`` (local DP-SGD steps, ``noise_multiplier``,
+   ``sample_rate``, ``steps``) or ``skellam`` (distributed-DP rounds, which also record the
+   aggregate Skellam parameter and the integer sensitivities ``skellam_mu``, ``skellam_l1``,
+   ``skellam_l2``; their ``noise_multiplier`` is the aggregate's Gaussian-equivalent one, for
+   display). Migrating from 2 marks every entry ``gaussian``.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from pathlib import Path
 
 from fedsys.errors import ConfigError, LedgerError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_BUDGET_KEY = "default"
 LEGACY_BUDGET_KEY = "(schema-1)"  # not a valid data-set name, so it cannot be declared
 COLUMNS = (
     "id, budget_key, fingerprint, run_id, round, noise_multiplier, sample_rate, steps, planned_steps, "
-    "accountant, target_delta, epsilon_before, epsilon_after, status, reserved_at, committed_at"
+    "accountant, target_delta, epsilon_before, epsilon_after, status, reserved_at, committed_at, "
+    "mechanism, skellam_mu, skellam_l1, skellam_l2"
 )
+_V2_COLUMNS = COLUMNS.removesuffix(", mechanism, skellam_mu, skellam_l1, skellam_l2")
 _TABLE = """
 CREATE TABLE {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -47,7 +54,16 @@ CREATE TABLE {name} (
     epsilon_after REAL NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('reserved', 'committed')),
     reserved_at TEXT NOT NULL,
-    committed_at TEXT
+    committed_at TEXT,
+    mechanism TEXT NOT NULL DEFAULT 'gaussian' CHECK (mechanism IN ('gaussian', 'skellam')),
+    skellam_mu REAL CHECK (skellam_mu > 0),
+    skellam_l1 REAL CHECK (skellam_l1 > 0),
+    skellam_l2 REAL CHECK (skellam_l2 > 0),
+    CHECK (
+        (mechanism = 'gaussian' AND skellam_mu IS NULL AND skellam_l1 IS NULL AND skellam_l2 IS NULL)
+        OR (mechanism = 'skellam' AND skellam_mu IS NOT NULL AND skellam_l1 IS NOT NULL
+            AND skellam_l2 IS NOT NULL)
+    )
 )"""
 _INDEX = "CREATE INDEX entries_by_budget ON entries (budget_key, id)"
 _V1_COLUMNS = (
@@ -143,6 +159,9 @@ def prepare(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
         _create(conn)
     elif version == 1:
         _migrate_from_v1(conn)
+        _migrate_from_v2(conn)
+    elif version == 2:
+        _migrate_from_v2(conn)
     elif version != SCHEMA_VERSION:
         raise LedgerError(f"privacy ledger {path} has schema version {version}, expected {SCHEMA_VERSION}")
     conn.execute(f"SELECT {COLUMNS} FROM entries LIMIT 0")
@@ -158,11 +177,20 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
     """Re-key every version-1 entry to :data:`LEGACY_BUDGET_KEY`, keeping ids and order."""
     conn.execute(_TABLE.format(name="entries_v2"))
     conn.execute(
-        f"INSERT INTO entries_v2 ({COLUMNS}) SELECT id, ?, {_V1_COLUMNS.removeprefix('id, ')} "
+        f"INSERT INTO entries_v2 ({_V2_COLUMNS}) SELECT id, ?, {_V1_COLUMNS.removeprefix('id, ')} "
         "FROM entries ORDER BY id",
         (LEGACY_BUDGET_KEY,),
     )
     conn.execute("DROP TABLE entries")
     conn.execute("ALTER TABLE entries_v2 RENAME TO entries")
+    conn.execute("PRAGMA user_version = 2")
+
+
+def _migrate_from_v2(conn: sqlite3.Connection) -> None:
+    """Mark every version-2 entry ``gaussian`` (all were local DP-SGD), keeping ids and order."""
+    conn.execute(_TABLE.format(name="entries_v3"))
+    conn.execute(f"INSERT INTO entries_v3 ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM entries ORDER BY id")
+    conn.execute("DROP TABLE entries")
+    conn.execute("ALTER TABLE entries_v3 RENAME TO entries")
     conn.execute(_INDEX)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -154,6 +154,8 @@ def schedule_problem(config: RunConfig, sizes: Sequence[int] | None = None) -> s
     dp, budget = config.dp, config.budget
     if not dp.enabled:
         return None
+    if dp.mode == "distributed" and dp.target_epsilon <= 0:
+        return _distributed_problem(config, simulated_train_sizes(config) if sizes is None else sizes)
     if dp.target_epsilon > 0:
         if dp.target_epsilon <= budget.max_epsilon:
             return None
@@ -166,6 +168,53 @@ def schedule_problem(config: RunConfig, sizes: Sequence[int] | None = None) -> s
     if forecast.fits:
         return None
     return _explain(forecast)
+
+
+def model_dim(config: RunConfig) -> int:
+    """Number of weights of the scenario's model (the length of an update)."""
+    from fedsys.api import model_signature
+    from fedsys.models import build_model
+
+    shape, classes = model_signature(config)
+    model = build_model(config.model, shape, classes, fix=config.fix_model)
+    return sum(int(v.numel()) for v in model.state_dict().values())
+
+
+def _distributed_problem(config: RunConfig, sizes: Sequence[int]) -> str | None:
+    """As :func:`schedule_problem` for distributed DP: ``num-rounds`` rounds of the aggregate noise."""
+    from fedsys.privacy.distributed import SkellamSegment
+    from fedsys.privacy.distributed_round import (
+        expected_participants,
+        holder_sample_rate,
+        resolve_noise,
+        round_segment,
+        round_threshold,
+        server_encoding,
+    )
+
+    if not sizes:
+        raise ConfigError("the scenario has no clients to check a privacy budget for")
+    dim, participants = model_dim(config), expected_participants(config)
+    enc = server_encoding(
+        config, dim=dim, threshold=round_threshold(config, participants), participants=participants
+    )
+    rate = max(holder_sample_rate(config, n) for n in sizes)
+    segment = round_segment(enc, rate)
+    history = [SkellamSegment(segment.mu, segment.l1, segment.l2, rate, config.num_rounds)]
+    epsilon = compute_epsilon(
+        history, target_delta=config.budget.target_delta, accountant=config.budget.accountant
+    )
+    if epsilon <= config.budget.max_epsilon:
+        return None
+    fits = resolve_noise(
+        config.replace({"dp.target-epsilon": config.budget.max_epsilon}), sizes=list(sizes), dim=dim
+    ).dp.noise_multiplier
+    return (
+        f"distributed DP at aggregate noise multiplier {config.dp.noise_multiplier:g} for "
+        f"{config.num_rounds} rounds would bring the most exposed holder to epsilon {epsilon:.3g} > "
+        f"budget.max-epsilon {config.budget.max_epsilon:g}; "
+        f"fits: --set dp.noise-multiplier={math.ceil(fits * 100) / 100:g}"
+    )
 
 
 def _explain(forecast: ScheduleForecast) -> str:

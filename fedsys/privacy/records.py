@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fedsys.privacy.accounting import Segment
+from fedsys.privacy.accounting import AnySegment
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,10 @@ class LedgerEntry:
     status: Literal["reserved", "committed"]
     reserved_at: str
     committed_at: str | None
+    mechanism: Literal["gaussian", "skellam"] = "gaussian"
+    skellam_mu: float | None = None
+    skellam_l1: float | None = None
+    skellam_l2: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Reservation:
     truncated: bool
     epsilon_before: float
     epsilon_after: float
-    prior_history: tuple[Segment, ...]
+    prior_history: tuple[AnySegment, ...]
     data_changed: bool = False
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedsys.errors import ConfigError, LedgerError
-from fedsys.privacy.accounting import extend_history
+from fedsys.privacy.accounting import extend_history, gaussian_part
 from fedsys.privacy.budget import budget_epsilon, delta_warning
 from fedsys.privacy.dpsgd import (
     LocalTrainingResult,
@@ -169,7 +169,7 @@ def run_private_round(
         proximal_mu=proximal_mu,
         grad_sample_mode=mode,
         accountant=dp.accountant,
-        prior_history=reservation.prior_history,
+        prior_history=gaussian_part(reservation.prior_history),  # distributed rounds: not Opacus'
         device=device,
         generator=generator,
     )
@@ -201,7 +201,7 @@ def _commit(
         sample_rate=sample_rate,
         steps=trained.steps,
     )
-    if trained.history != spent:
+    if trained.history != gaussian_part(spent):
         raise LedgerError(
             f"Opacus accounted {trained.history}, the ledger expected {spent}; "
             f"reservation {reservation.entry_id} stays open"

@@ -152,6 +152,11 @@ class SecAggClient:
         self._next = Stage.MASKED_INPUT
         return ShareKeysReply(context=setup.context, envelopes=envelopes)
 
+    @property
+    def setup(self) -> SetupRequest | None:
+        """This round's setup as the client accepted it (None before setup or after the round)."""
+        return self._setup
+
     def mask_input(
         self,
         request: MaskedInputRequest,
@@ -173,15 +178,48 @@ class SecAggClient:
             AbortedRoundError: fewer than t holders remain.
             ModelError, ConfigError: the update or weight do not fit the round parameters.
         """
-        if np.shape(update) != (self._require(self._setup).vector_length,):
+        setup = self._require(self._setup)
+        if setup.integer_input:
+            raise ProtocolError(
+                "this secagg round takes integer inputs (distributed DP), not a real-valued update"
+            )
+        if np.shape(update) != (setup.vector_length,):
             raise ModelError(
-                f"secagg update must have shape ({self._require(self._setup).vector_length},), "
-                f"got {np.shape(update)}"
+                f"secagg update must have shape ({setup.vector_length},), got {np.shape(update)}"
             )
         self.admit_masked_input(request, vector_length=int(np.size(update)))
+        return self._mask(request, self._encode(update, weight, setup, rng))
+
+    def mask_integer_input(
+        self, request: MaskedInputRequest, *, encoded: NDArray[np.uint64]
+    ) -> MaskedInputReply:
+        """Stage 3 in integer-input mode: mask a vector the caller already encoded in Z_2^k.
+
+        Distributed DP encodes (rotates, rounds, adds its noise share) before masking; the
+        vector must already be reduced mod 2^k and of the agreed length.
+
+        Raises:
+            ProtocolError: the round is not in integer-input mode, or as :meth:`mask_input`.
+            ModelError: wrong shape, dtype or values outside Z_2^k.
+        """
+        setup = self._require(self._setup)
+        if not setup.integer_input:
+            raise ProtocolError("this secagg round takes real-valued updates, not integer inputs")
+        vector = np.asarray(encoded)
+        if vector.dtype != np.uint64 or vector.shape != (setup.vector_length,):
+            raise ModelError(
+                f"secagg integer input must be uint64 of shape ({setup.vector_length},), "
+                f"got {vector.dtype} {vector.shape}"
+            )
+        if setup.ring_bits < 64 and vector.size and int(vector.max()) >> setup.ring_bits:
+            raise ModelError(f"secagg integer input has values outside Z_2^{setup.ring_bits}")
+        self.admit_masked_input(request, vector_length=int(vector.size))
+        self.num_clipped = 0
+        return self._mask(request, vector.copy())
+
+    def _mask(self, request: MaskedInputRequest, masked: NDArray[np.uint64]) -> MaskedInputReply:
         setup, encryption = self._setup_state()
         senders = frozenset(request.envelopes)
-        masked = self._encode(update, weight, setup, rng)
         self._open_envelopes(request, setup, encryption)
         apply_mask(masked, self._self_seed, sign=1, ring_bits=setup.ring_bits)
         masking_key = self._require(self._masking).private
@@ -466,7 +504,7 @@ def _check_setup(request: SetupRequest, client_id: int) -> None:
         ring_mask(request.ring_bits)
     except ConfigError as err:
         raise ProtocolError(f"invalid secagg setup: {err}") from err
-    if request.ring_bits <= request.quant_bits or request.vector_length < 1:
+    if (not request.integer_input and request.ring_bits <= request.quant_bits) or request.vector_length < 1:
         raise ProtocolError(
             f"invalid secagg setup: ring bits {request.ring_bits}, length {request.vector_length}"
         )

@@ -62,7 +62,8 @@ def run_local_round(
     Client ids are 1-based positions in ``updates``.
 
     Args:
-        updates: one equally long real vector per client.
+        updates: one equally long real vector per client; in integer-input mode
+            (``params.integer_ring_bits``), one uint64 vector in Z_2^k per client.
         weights: one weight (example count) per client.
         rng: generator for the clients' stochastic rounding.
         params: server parameters; default ``SecAggParams(max_weight=max(weights))``.
@@ -110,7 +111,11 @@ def run_local_round(
         3,
         server.receive_shares(shares),
         MaskedInputRequest.from_record,
-        lambda u, r: clients[u].mask_input(r, update=updates[u - 1], weight=weights[u - 1], rng=rng),
+        lambda u, r: (
+            clients[u].mask_integer_input(r, encoded=np.asarray(updates[u - 1], dtype=np.uint64))
+            if server.params.integer_ring_bits is not None
+            else clients[u].mask_input(r, update=updates[u - 1], weight=weights[u - 1], rng=rng)
+        ),
         MaskedInputReply.from_record,
     )
     if server.malicious:

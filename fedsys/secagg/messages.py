@@ -63,10 +63,14 @@ class SetupRequest:
     clip_range: float
     vector_length: int
     max_weight: float
+    integer_input: bool = False  # clients send vectors already in Z_2^k (distributed DP)
+    integer_scale: float = 0.0  # distributed DP: the scale gamma the server chose (0 otherwise)
 
     def to_record(self) -> Record:
         """Flatten for the transport."""
         return _header(Stage.SETUP, self.context) | {
+            "integer-input": self.integer_input,
+            "integer-scale": self.integer_scale,
             "recipient": self.recipient,
             "neighbours": list(self.neighbours),
             "threshold": self.threshold,
@@ -90,6 +94,8 @@ class SetupRequest:
             clip_range=_float(record, "clip-range"),
             vector_length=_int(record, "vector-length"),
             max_weight=_float(record, "max-weight"),
+            integer_input=_flag(record, "integer-input"),
+            integer_scale=_float(record, "integer-scale") if "integer-scale" in record else 0.0,
         )
 
 
@@ -367,6 +373,13 @@ def _int(record: Mapping[str, object], key: str) -> int:
     value = record.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise ProtocolError(f"record field {key!r} must be an int, got {type(value).__name__}")
+    return value
+
+
+def _flag(record: Mapping[str, object], key: str) -> bool:
+    value = record.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"secagg message field {key!r} must be a bool, got {type(value).__name__}")
     return value
 
 

@@ -31,6 +31,11 @@ class SecAggParams:
             keys and the ConsistencyCheck round, forces the complete graph and, by default,
             t = :func:`fedsys.secagg.graph.malicious_threshold` (clients with identity keys demand it).
         corruption_fraction: gamma for the malicious threshold.
+        integer_ring_bits: integer-input mode (distributed DP): clients send vectors already
+            in Z_2^k with k = this, and the server releases the ring sum as it is
+            (:attr:`AggregateResult.ring_sum`) instead of a weighted average; clip range,
+            quantisation and max-weight are then unused. ``None``: the fixed-point encoding.
+        integer_scale: integer-input mode: the public scale the clients encode with (sent at setup).
     """
 
     max_weight: float
@@ -41,8 +46,12 @@ class SecAggParams:
     min_survivors: int | None = None
     mode: Literal["semi-honest", "malicious"] = "semi-honest"
     corruption_fraction: float = DEFAULT_CORRUPTION_FRACTION
+    integer_ring_bits: int | None = None
+    integer_scale: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.integer_ring_bits is not None and not 2 <= self.integer_ring_bits <= 62:
+            raise ConfigError(f"secagg integer ring bits must be in [2, 62], got {self.integer_ring_bits}")
         check_encoding(clip_range=self.clip_range, quant_bits=self.quant_bits)
         if not (math.isfinite(self.max_weight) and self.max_weight > 0):
             raise ConfigError(f"secagg max-weight must be finite and > 0, got {self.max_weight}")
@@ -73,3 +82,6 @@ class AggregateResult:
     survivors_per_stage: tuple[int, ...]
     mean_error_bound: float
     rejections: Mapping[int, str]
+    ring_sum: NDArray[np.uint64] | None = None
+    """Integer-input mode only: the sum of the contributors' vectors in Z_2^k (``average`` and
+    ``weighted_sum`` are then empty and ``total_weight`` is 0)."""

@@ -116,7 +116,9 @@ class SecAggServer:
         self.min_survivors = self.threshold if params.min_survivors is None else params.min_survivors
         if self.min_survivors > n:
             raise ConfigError(f"secagg min-survivors {self.min_survivors} exceeds {n} participants")
-        self.ring_bits = ring_bits_for(quant_bits=params.quant_bits, num_clients=n)
+        self.ring_bits = params.integer_ring_bits or ring_bits_for(
+            quant_bits=params.quant_bits, num_clients=n
+        )
         self.rejections: dict[int, str] = {}
         """Client id -> why its reply was rejected (the client counts as dropped from then on)."""
         self._cohort = participants_digest(self.graph)
@@ -131,6 +133,11 @@ class SecAggServer:
         self._needs_s_key: frozenset[int] = frozenset()
         self._total = np.zeros(0, dtype=np.uint64)
         self._counts: list[int] = []
+
+    @property
+    def _masked_length(self) -> int:
+        """Length of a masked input: the update plus its weight coordinate (none for integer inputs)."""
+        return self.vector_length + (0 if self.params.integer_ring_bits is not None else 1)
 
     def setup_requests(self) -> dict[int, SetupRequest]:
         """Stage 0: the parameters and neighbour list for each participant."""
@@ -270,6 +277,8 @@ class SecAggServer:
             clip_range=p.clip_range,
             vector_length=self.vector_length,
             max_weight=p.max_weight,
+            integer_input=p.integer_ring_bits is not None,
+            integer_scale=p.integer_scale,
         )
 
     def _check_stage(self, stage: Stage) -> None:
@@ -325,7 +334,7 @@ class SecAggServer:
 
     def _vector_problem(self, u: int, reply: MaskedInputReply) -> str | None:
         vector = reply.masked_input
-        if vector.dtype != np.uint64 or vector.shape != (self.vector_length + 1,):
+        if vector.dtype != np.uint64 or vector.shape != (self._masked_length,):
             return f"sent a {vector.dtype} vector of shape {vector.shape}"
         if self.ring_bits < 64 and vector.size and int(vector.max()) >> self.ring_bits:
             return f"sent values outside Z_2^{self.ring_bits}"
@@ -369,7 +378,7 @@ class SecAggServer:
         self._needs_s_key = frozenset(v for v in dropped if self._mask_sets[v] & self._contributors)
         self._require_survivors(len(self._contributors), Stage.MASKED_INPUT)
         self._require_holders()
-        self._total = np.zeros(self.vector_length + 1, dtype=np.uint64)
+        self._total = np.zeros(self._masked_length, dtype=np.uint64)
         for u in sorted(self._contributors):
             np.add(self._total, valid[u].masked_input, out=self._total)
         self._counts.append(len(self._contributors))
@@ -421,6 +430,21 @@ class SecAggServer:
     def _decode(self) -> AggregateResult:
         p, n = self.params, len(self._contributors)
         total = reduce(self._total, ring_bits=self.ring_bits)
+        excluded = frozenset(self.rejections)
+        if p.integer_ring_bits is not None:
+            empty = np.zeros(0, dtype=np.float64)
+            return AggregateResult(
+                average=empty,
+                weighted_sum=empty,
+                total_weight=0.0,
+                contributors=tuple(sorted(self._contributors)),
+                dropped=tuple(sorted(frozenset(self.graph) - self._contributors - excluded)),
+                excluded=tuple(sorted(excluded)),
+                survivors_per_stage=tuple(self._counts),
+                mean_error_bound=0.0,
+                rejections=dict(self.rejections),
+                ring_sum=total,
+            )
         real = dequantize_sum(total, num_summands=n, clip_range=p.clip_range, quant_bits=p.quant_bits)
         weighted, weight_fraction = decode_weighted(real, max_weight=p.max_weight, clip_range=p.clip_range)
         if weight_fraction <= 0:
@@ -430,7 +454,6 @@ class SecAggServer:
         bound = mean_error_bound(
             num_summands=n, clip_range=p.clip_range, quant_bits=p.quant_bits, weight_sum=weight_fraction
         )
-        excluded = frozenset(self.rejections)
         return AggregateResult(
             average=weighted / weight_fraction,
             weighted_sum=weighted * p.max_weight,

@@ -33,6 +33,11 @@ ALLOWED = {
         "stochastic rounding of the SecAgg+ encoding needs unbiased, not secret, randomness (the self "
         "mask hides the result); OS-seeded at a real holder, pinned by a test below"
     ),
+    "node/distributed.py::_generators": (
+        "distributed DP: seeded only for a simulated virtual client (reproducible runs); a real holder's "
+        "sampling and rounding are OS-seeded and its noise is ChaCha20 keyed from os.urandom; pinned by "
+        "tests/unit/node/test_distributed_holder.py"
+    ),
     "privacy/central.py::_generator": (
         "the central DP-SGD reference of sweeps and benchmarks pools simulated data on one machine; a "
         "seed makes its sampling and noise reproducible, without one it draws OS entropy"

@@ -130,7 +130,7 @@ def test_a_schema_1_ledger_keeps_all_its_spend_for_every_budget(tmp_path: Path) 
     assert keys == [("(schema-1)", 2, 140), ("clinic-b", 1, 5)]
     assert [e.fingerprint for e in old] == ["aaaa", "bbbb"]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_a_budget_key_outside_the_naming_rule_is_refused(tmp_path: Path) -> None:
