@@ -91,6 +91,7 @@ def simulate(
     overrides: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
     model: str | Callable[..., Any] | None = None,
+    data: str | Path | Callable[..., Any] | None = None,
 ) -> Run:
     """Simulate a scenario with Flower's simulation engine and return the finished run.
 
@@ -102,6 +103,10 @@ def simulate(
         model: a built-in name, ``"package.module:factory"``, or a factory function defined in
             an importable module (Ray workers import it by name, so not one defined in the
             notebook itself).
+        data: the scenario's ``dataset``: a built-in name, a file, ``"package.module:loader"``,
+            or a loader function defined in an importable module, called with no arguments and
+            returning ``(features, labels)`` or a ``torch.utils.data.Dataset`` of the whole data
+            set, which fedsys splits and partitions (:mod:`fedsys.data.custom`).
 
     Returns:
         The run, read back from its directory.
@@ -110,6 +115,7 @@ def simulate(
         FedsysError: the scenario, its data, model or tracking settings are invalid (before Ray
             starts), or the run failed.
     """
+    from fedsys.data.custom import loader_reference
     from fedsys.data.federated import check_scenario_data
     from fedsys.models import model_reference
     from simulations.harness import run_scenario
@@ -117,6 +123,8 @@ def simulate(
     config = _load(config_or_path).replace(dict(overrides or {}))
     if model is not None:
         config = config.replace({"model": model_reference(model)})
+    if data is not None:
+        config = config.replace({"dataset": loader_reference(data)})
     check_scenario_data(config)
     check_model_and_tracking(config)
     stem = Path(config_or_path).stem if isinstance(config_or_path, str | Path) else "api"
@@ -127,18 +135,23 @@ def simulate(
 
 def check_model_and_tracking(config: RunConfig) -> None:
     """Before Ray starts: build the scenario's model as the server will (``fix-model`` applied,
-    DP-compatibility checked when DP is on) and check that ``tensorboard-dir`` can be written.
+    DP-compatibility checked when DP is on) and check that ``tensorboard-dir`` and ``mlflow-uri``
+    can be used.
 
     Raises:
-        ConfigError: the model does not resolve or build, or is not DP-compatible; or
-            tensorboard is missing.
+        ConfigError: the model does not resolve or build, is not DP-compatible, or fails on
+            the data set's examples; or tensorboard or mlflow is missing.
     """
     from fedsys.models import build_checked_model
     from fedsys.tracking import check_tracking
 
     check_tracking(config)
     shape, classes = model_signature(config)
-    build_checked_model(config.model, shape, classes, fix=config.fix_model, dp=config.dp.enabled)
+    model = build_checked_model(config.model, shape, classes, fix=config.fix_model, dp=config.dp.enabled)
+    if config.dataset != "node":
+        from fedsys.data.federated import check_model_on_data
+
+        check_model_on_data(model, config)
 
 
 def model_signature(config: RunConfig) -> tuple[tuple[int, ...], int]:

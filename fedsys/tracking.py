@@ -1,4 +1,5 @@
-"""Experiment tracking: each round's metrics record as TensorBoard scalars (``tensorboard-dir``).
+"""Experiment tracking: each round's metrics record as TensorBoard scalars (``tensorboard-dir``)
+and in MLflow (``mlflow-uri``, :mod:`fedsys.mlflow_tracking`), both from :func:`round_scalars`.
 
 Written by the server, from the same record that becomes a line of ``metrics.jsonl``, so it
 works alike in simulation and deployment and shows nothing the run directory does not. Events go
@@ -13,7 +14,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fedsys.config import RunConfig
 from fedsys.errors import ConfigError
@@ -34,6 +35,24 @@ SCALARS = {
 }
 
 
+class Tracker(Protocol):
+    """What the coordinator calls: once per round, then once at the end."""
+
+    def log_round(self, record: Mapping[str, Any]) -> None: ...
+
+    def close(self, *, finished: bool = True) -> None: ...
+
+
+def round_scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    """The record's :data:`SCALARS` by tag; missing, non-numeric and non-finite values are left out."""
+    scalars = {}
+    for key, tag in SCALARS.items():
+        value = record.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            scalars[tag] = float(value)
+    return scalars
+
+
 class TensorBoardTracker:
     """Writes :data:`SCALARS` of each round record, at step = the round number.
 
@@ -51,14 +70,12 @@ class TensorBoardTracker:
         step = int(record["round"])
         if self._writer is None:
             self._writer = self._writer_class(log_dir=str(self.log_dir), purge_step=step)
-        for key, tag in SCALARS.items():
-            value = record.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                self._writer.add_scalar(tag, float(value), global_step=step)
+        for tag, value in round_scalars(record).items():
+            self._writer.add_scalar(tag, value, global_step=step)
         self._writer.flush()
 
-    def close(self) -> None:
-        """Flush and close the event file (if any round was written)."""
+    def close(self, *, finished: bool = True) -> None:
+        """Flush and close the event file (if any round was written); ``finished`` changes nothing."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -74,6 +91,21 @@ def open_tracker(config: RunConfig, run_dir: Path) -> TensorBoardTracker | None:
     if not config.tensorboard_dir:
         return None
     return TensorBoardTracker(tensorboard_root(config) / run_dir.name)
+
+
+def open_trackers(config: RunConfig, run_dir: Path, *, resume: bool = False) -> list[Tracker]:
+    """Every tracker the run asks for: TensorBoard (``tensorboard-dir``), MLflow (``mlflow-uri``).
+
+    Raises:
+        ConfigError: as :func:`open_tracker` and :func:`fedsys.mlflow_tracking.open_mlflow`.
+    """
+    from fedsys.mlflow_tracking import open_mlflow
+
+    trackers: list[Tracker] = []
+    for tracker in (open_tracker(config, run_dir), open_mlflow(config, run_dir, resume=resume)):
+        if tracker is not None:
+            trackers.append(tracker)
+    return trackers
 
 
 def tensorboard_root(config: RunConfig) -> Path:
@@ -92,14 +124,18 @@ def tensorboard_root(config: RunConfig) -> Path:
 
 
 def check_tracking(config: RunConfig) -> None:
-    """Fail before any process starts if ``tensorboard-dir`` is set but cannot be written.
+    """Fail before any process starts if ``tensorboard-dir`` or ``mlflow-uri`` is set but cannot
+    be used.
 
     Raises:
-        ConfigError: as :func:`open_tracker`.
+        ConfigError: as :func:`open_tracker` and :func:`fedsys.mlflow_tracking.check_mlflow`.
     """
+    from fedsys.mlflow_tracking import check_mlflow
+
     if config.tensorboard_dir:
         _summary_writer_class()
         tensorboard_root(config)
+    check_mlflow(config)
 
 
 def _summary_writer_class() -> Any:

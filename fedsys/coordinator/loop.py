@@ -27,7 +27,7 @@ from fedsys.errors import AbortedRoundError
 from fedsys.models import build_checked_model, load_weights, to_arrays
 from fedsys.models.factory import declared_signature
 from fedsys.strategy import ServerOptimizerState, apply_server_optimizer, resume_optimizer_state
-from fedsys.tracking import TensorBoardTracker, open_tracker
+from fedsys.tracking import Tracker, open_trackers
 from fedsys.training import evaluate, resolve_device
 
 log = logging.getLogger("fedsys")
@@ -48,19 +48,22 @@ class Coordinator:
     epsilon_by_client: dict[str, float] = field(default_factory=dict)  # latest cumulative epsilon
     refusal_by_client: dict[str, str] = field(default_factory=dict)  # why each excluded client declined
     optimizer_state: ServerOptimizerState = field(init=False)
-    tracker: TensorBoardTracker | None = field(default=None, init=False, repr=False)
+    trackers: list[Tracker] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.optimizer_state = ServerOptimizerState(self.config.server.optimizer)
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) all rounds; returns the summary written to summary.json."""
-        self.tracker = open_tracker(self.config, self.run_dir)
+        self.trackers = open_trackers(self.config, self.run_dir, resume=self.resume)
+        finished = False
         try:
-            return self._run_rounds()
+            summary = self._run_rounds()
+            finished = True
+            return summary
         finally:
-            if self.tracker is not None:
-                self.tracker.close()
+            for tracker in self.trackers:
+                tracker.close(finished=finished)
 
     def _run_rounds(self) -> dict[str, Any]:
         cfg = self.config
@@ -154,8 +157,8 @@ class Coordinator:
     def _finish_round(self, record: dict[str, Any], state: ServerState) -> None:
         self.history.append(record)
         results.append_metrics(self.run_dir, record)
-        if self.tracker is not None:
-            self.tracker.log_round(record)
+        for tracker in self.trackers:
+            tracker.log_round(record)
         if state.round % self.config.checkpoint_every == 0 or state.round == self.config.num_rounds:
             save_checkpoint(self.run_dir, state)
         log.info("round %d: %s", state.round, _brief(record))

@@ -3,7 +3,9 @@
 In simulation every virtual client derives its partition from the same scenario (data set,
 partition spec, seed), so no data travels and nothing is held for clients not sampled: the
 full data set and partitioner are cached once per worker process; a partition is sliced
-only when its client is sampled. In deployment a client reads its own file.
+only when its client is sampled. In deployment a client reads its own file. A user loader
+(``package.module:loader``, :mod:`fedsys.data.custom`) and a text file (``[text]``,
+:mod:`fedsys.data.text`) give a whole data set that is split and partitioned the same way.
 
 Features are scaled with public ranges only (:mod:`fedsys.data.scaling`): the built-in
 data sets' documented ranges, or the range a data file's holder declares. Nothing is
@@ -15,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedsys.config import FeatureRange, RunConfig
+from fedsys.config import FeatureRange, RunConfig, TextConfig, is_dataset_loader
 from fedsys.data.builtin import (
     load_breast_cancer,
     load_digits,
@@ -30,7 +33,11 @@ from fedsys.data.dataset import ArrayDataset
 from fedsys.data.files import load_file
 from fedsys.data.partition import make_partitioner, partition_indices
 from fedsys.data.scaling import declared_bounds, scale
+from fedsys.data.text import load_text_file
 from fedsys.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 LOCAL_TEST_FRACTION = 0.2
 _CENTRAL_SYNTHETIC_DEVICES = 20
@@ -45,13 +52,32 @@ class ClientData:
 
 
 def load_source(
-    dataset: str, *, label_column: str = "label", feature_range: FeatureRange | None = None
+    dataset: str,
+    *,
+    label_column: str = "label",
+    feature_range: FeatureRange | None = None,
+    text: TextConfig | None = None,
 ) -> ArrayDataset:
-    """Load a whole built-in data set or file (not for ``synthetic``), scaled.
+    """Load a whole built-in data set, user loader or file (not for ``synthetic``), scaled.
 
     Raises:
-        ConfigError: a data file without a declared ``feature_range``.
+        ConfigError: a data file without a declared ``feature_range``, or a loader that does
+            not resolve.
+        DataError: the data cannot be read, or a loader returned something unusable.
     """
+    if text is not None and text.column:
+        return load_text_file(
+            Path(dataset),
+            text_column=text.column,
+            label_column=label_column,
+            max_length=text.max_length,
+            tokenizer=text.tokenizer,
+        )
+    if is_dataset_loader(dataset):
+        from fedsys.data.custom import load_user_data
+
+        _, bounds = declared_bounds(feature_range) if feature_range else ([], None)
+        return scale(load_user_data(dataset), bounds)
     if dataset == "digits":
         return load_digits()
     if dataset == "mnist-5k":
@@ -84,9 +110,14 @@ def load_scaled_file(
 
 @lru_cache(maxsize=4)
 def _pool_and_central(
-    dataset: str, label_column: str, feature_range: FeatureRange | None, seed: int, test_fraction: float
+    dataset: str,
+    label_column: str,
+    feature_range: FeatureRange | None,
+    seed: int,
+    test_fraction: float,
+    text: TextConfig,
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    full = load_source(dataset, label_column=label_column, feature_range=feature_range)
+    full = load_source(dataset, label_column=label_column, feature_range=feature_range, text=text)
     pool, central = full.split(test_fraction, np.random.default_rng([seed, 1]))
     return pool, central
 
@@ -98,10 +129,11 @@ def _partitioner(
     feature_range: FeatureRange | None,
     seed: int,
     test_fraction: float,
+    text: TextConfig,
     spec: str,
     num_partitions: int,
 ) -> object:
-    pool, _ = _pool_and_central(dataset, label_column, feature_range, seed, test_fraction)
+    pool, _ = _pool_and_central(dataset, label_column, feature_range, seed, test_fraction, text)
     return make_partitioner(spec, num_partitions=num_partitions, labels=pool.y, seed=seed)
 
 
@@ -124,16 +156,27 @@ def simulated_client_data(config: RunConfig, *, partition_id: int, num_partition
         pool, _ = _pool_and_central(*_source_key(config))
         part = _partitioner(*_source_key(config), spec, num_partitions)
         local = pool.subset(partition_indices(part, partition_id))
-    return _split_local(local, rng)
+    data = _split_local(local, rng)
+    if config.audit_canaries:  # a holder's own setting (never the server's): `fedsys audit` only
+        return _add_audit_canaries(data, Path(config.audit_canaries), partition_id)
+    return data
 
 
-def _source_key(config: RunConfig) -> tuple[str, str, FeatureRange | None, int, float]:
+def _add_audit_canaries(data: ClientData, path: Path, partition_id: int) -> ClientData:
+    """Append this holder's included audit canaries (:mod:`fedsys.audit.canaries`) to its training split."""
+    from fedsys.audit.canaries import CanarySet, with_canaries
+
+    return ClientData(train=with_canaries(data.train, CanarySet.load(path), partition_id), test=data.test)
+
+
+def _source_key(config: RunConfig) -> tuple[str, str, FeatureRange | None, int, float, TextConfig]:
     return (
         config.dataset,
         config.label_column,
         config.declared_feature_range(),
         config.seed,
         config.test_fraction,
+        config.text,
     )
 
 
@@ -185,6 +228,29 @@ def data_signature(config: RunConfig) -> tuple[tuple[int, ...], int]:
     """``(feature_shape, num_classes)`` of the scenario's data, to size the model."""
     data = central_test_data(config)
     return data.feature_shape, data.num_classes
+
+
+def check_model_on_data(model: nn.Module, config: RunConfig) -> None:
+    """Run ``model`` on two central test examples, so that a model that does not fit the data
+    (its shape or dtype, token ids beyond its vocabulary) fails before any round, not at every client.
+
+    Raises:
+        ConfigError: the forward pass fails.
+    """
+    import torch
+
+    sample = torch.from_numpy(central_test_data(config).x[:2])
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(sample)
+    except Exception as err:  # user code or user data: report it as this scenario's problem
+        raise ConfigError(
+            f"model {config.model!r} fails on examples of dataset {config.dataset!r} (shape "
+            f"{tuple(sample.shape[1:])}): {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        model.train(training)
 
 
 def check_scenario_data(config: RunConfig) -> None:

@@ -40,7 +40,7 @@ def load_file(
         x, y = _read_table(path, label_column, feature_columns)
     else:
         raise DataError(f"unsupported data file type {suffix!r} for {path} (csv, parquet, npz)")
-    return _labelled(x, y, num_classes, path)
+    return labelled(x, y, num_classes, path)
 
 
 def _read_table(
@@ -87,7 +87,12 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
-def _labelled(x: np.ndarray, y: np.ndarray, num_classes: int, path: Path) -> ArrayDataset:
+def labelled(x: np.ndarray, y: np.ndarray, num_classes: int, path: Path | str) -> ArrayDataset:
+    """Features with checked integer class labels; ``path`` names the source in errors.
+
+    Raises:
+        DataError: no examples, or labels that are not integer class indices in range.
+    """
     if len(x) == 0:
         raise DataError(f"{path} holds no examples")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0):

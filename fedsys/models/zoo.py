@@ -7,6 +7,8 @@ Privacy", AAAI 2021): bounded activations keep activations, and so per-sample gr
 norms, from exploding, so DP-SGD's clipping and noise destroy less signal; they report tanh
 beating ReLU under DP-SGD on MNIST, FashionMNIST and CIFAR-10. Without DP, ReLU is the
 usual choice.
+
+``lstm`` and ``transformer`` classify token sequences (:mod:`fedsys.models.sequence`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from fedsys.errors import ConfigError
+from fedsys.models.sequence import lstm, transformer
 
 Activation = Callable[[], nn.Module]
 
@@ -114,4 +117,6 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "cnn": SmallCNN,
     "tanh-mlp": tanh_mlp,
     "tanh-cnn": tanh_cnn,
+    "lstm": lstm,
+    "transformer": transformer,
 }

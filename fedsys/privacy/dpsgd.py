@@ -134,10 +134,23 @@ def choose_grad_sample_mode(
     - CUDA: hooks as fast or faster for both -> hooks.
 
     So ``auto`` picks ghost on CPU when every trainable layer has a norm sampler, and
-    hooks otherwise.
+    hooks otherwise. Never with an ``nn.Embedding``: Opacus 1.6's ghost clipping crashes on
+    the empty batches Poisson sampling produces when the model has one (``cannot reshape
+    tensor of 0 elements``), so ``auto`` picks hooks and an explicit ``ghost`` is refused.
+
+    Raises:
+        ConfigError: ``ghost`` requested for a model with an ``nn.Embedding``.
     """
+    has_embedding = any(isinstance(m, nn.Embedding) for m in model.modules())
+    if requested == "ghost" and has_embedding:
+        raise ConfigError(
+            'dp.grad-sample-mode = "ghost" cannot train a model with nn.Embedding (Opacus fails on '
+            'empty Poisson batches); use "hooks" or "auto"'
+        )
     if requested != "auto":
         return requested
+    if has_embedding:
+        return "hooks"
     if device.type != "cpu":
         return "hooks"
     norm_samplers = GradSampleModuleFastGradientClipping.NORM_SAMPLERS

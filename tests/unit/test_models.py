@@ -7,9 +7,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedsys.errors import ConfigError, ModelError
 from fedsys.models import MODELS, build_model, load_weights, to_arrays
 
-# Every model on every input it applies to: tabular, 8x8 digits, 28x28 MNIST.
+# Every model on every input it applies to: tabular, 8x8 digits, 28x28 MNIST; token sequences.
 SHAPES = [(30,), (1, 8, 8), (1, 28, 28)]
-CASES = [(name, shape) for name in MODELS for shape in SHAPES if len(shape) == 3 or not name.endswith("cnn")]
+SEQUENCE_MODELS = ("lstm", "transformer")
+CASES = [
+    (name, shape)
+    for name in MODELS
+    for shape in SHAPES
+    if (len(shape) == 3 or not name.endswith("cnn")) and (len(shape) == 1 or name not in SEQUENCE_MODELS)
+]
 
 
 @pytest.mark.parametrize(("name", "shape"), CASES)
@@ -24,7 +30,9 @@ def test_models_map_inputs_to_class_logits(name, shape):
 
 
 def test_unknown_model_and_unsuitable_shape():
-    with pytest.raises(ConfigError, match="one of logreg, mlp, cnn, tanh-mlp, tanh-cnn, got 'resnet'"):
+    with pytest.raises(
+        ConfigError, match="one of logreg, mlp, cnn, tanh-mlp, tanh-cnn, lstm, transformer, got 'resnet'"
+    ):
         build_model("resnet", (30,), 2)
     with pytest.raises(ConfigError, match="model 'cnn' needs image inputs"):
         build_model("cnn", (30,), 2)
@@ -109,7 +117,7 @@ def test_models_take_an_opacus_dp_sgd_step_with_per_sample_gradient_hooks(name, 
 
     torch.manual_seed(0)
     model = build_model(name, shape, 10)
-    data = TensorDataset(torch.rand(8, *shape), torch.arange(8) % 10)
+    data = TensorDataset(torch.randint(0, 9, (8, *shape)).float(), torch.arange(8) % 10)  # also token ids
     gsm, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(
         module=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),

@@ -199,3 +199,11 @@ def test_auto_mode_picks_ghost_on_cpu_only_when_every_layer_has_a_norm_sampler()
     assert choose_grad_sample_mode(tiny_mlp(), "auto", torch.device("cuda")) == "hooks"
     assert choose_grad_sample_mode(tiny_mlp(), "hooks", CPU) == "hooks"
     assert choose_grad_sample_mode(tiny_cnn(), "ghost", CPU) == "ghost"
+
+
+def test_ghost_clipping_is_never_used_for_a_model_with_an_embedding() -> None:
+    """Opacus 1.6's ghost clipping crashes on an empty Poisson batch with nn.Embedding."""
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 2))
+    assert choose_grad_sample_mode(model, "auto", CPU) == "hooks"
+    with pytest.raises(ConfigError, match="Embedding"):
+        choose_grad_sample_mode(model, "ghost", CPU)
