@@ -162,13 +162,15 @@ def simulate(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="digits | mnist-5k | breast-cancer | synthetic:ALPHA,BETA | PATH (csv/parquet/npz)."
+            help="digits | mnist-5k | breast-cancer | synthetic:ALPHA,BETA | PATH (csv/parquet/npz) | "
+            "package.module:loader (your function returning (features, labels) or a torch Dataset)."
         ),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option(
-            help="logreg | mlp | cnn | tanh-mlp | tanh-cnn | package.module:factory (your function of "
+            help="logreg | mlp | cnn | tanh-mlp | tanh-cnn | lstm | transformer | "
+            "package.module:factory (your function of "
             "feature shape and number of classes returning an nn.Module; importable on every side)."
         ),
     ] = None,
@@ -185,6 +187,15 @@ def simulate(
             "--tensorboard", metavar="DIR", help="Write per-round TensorBoard scalars to DIR/<run>."
         ),
     ] = None,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow",
+            metavar="URI",
+            help="Log config, per-round metrics, report and model to MLflow: a path or file: URI "
+            "(local file store, offline), sqlite:///PATH or a tracking server.",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for data, sampling and training.")] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Client-side DP-SGD on/off.")] = None,
     target_epsilon: Annotated[
@@ -192,6 +203,13 @@ def simulate(
         typer.Option(help="Calibrate each client's noise so the whole run reaches this epsilon."),
     ] = None,
     noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD noise multiplier.")] = None,
+    dp_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="local: each holder adds all its DP-SGD noise; distributed: DP-FedSGD with the noise "
+            "added in shares inside SecAgg+ (the sum carries all of it)."
+        ),
+    ] = None,
     secagg: Annotated[
         bool | None, typer.Option("--secagg/--no-secagg", help="Secure aggregation on/off.")
     ] = None,
@@ -218,10 +236,12 @@ def simulate(
         "model": model,
         "fix-model": fix_model,
         "tensorboard-dir": str(tensorboard) if tensorboard is not None else None,
+        "mlflow-uri": mlflow,
         "seed": seed,
         "dp.enabled": dp,
         "dp.target-epsilon": target_epsilon,
         "dp.noise-multiplier": noise_multiplier,
+        "dp.mode": dp_mode,
         "secagg.enabled": secagg,
         "device": device,
         "simulation.num-gpus": num_gpus,
@@ -259,11 +279,15 @@ def simulate(
 
 def _register_groups() -> None:
     """Attach the commands that live beside their subject (deployment, reporting)."""
+    from fedsys.audit import commands as audit_commands
     from fedsys.deploy import commands as deploy_commands
+    from fedsys.export import commands as export_commands
     from fedsys.privacy import commands as privacy_commands
     from fedsys.report import commands as report_commands
 
+    audit_commands.register(app)
     deploy_commands.register(app)
+    export_commands.register(app)
     privacy_commands.register(app)
     report_commands.register(app)
 

@@ -26,7 +26,7 @@ from fedsys.wire import (
 )
 
 log = logging.getLogger("fedsys")
-_LOCAL_SECTIONS = ("budget.", "ledger-dir")
+_LOCAL_SECTIONS = ("budget.", "ledger-dir", "audit-canaries")
 
 
 def server_config(message: Message) -> tuple[RunConfig, int, str]:

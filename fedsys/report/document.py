@@ -36,6 +36,7 @@ _UTILITY_COLUMNS = (
     ("final macro-F1", "final-macro-f1"),
     ("final loss", "final-loss"),
     ("final ε (max over clients)", "final-epsilon"),
+    ("ε lower bound (fedsys audit)", "epsilon-lower-bound"),
 )
 _RUNTIME_COLUMNS = (
     ("run", "run"),
@@ -84,6 +85,7 @@ def key_numbers(run: RunData) -> dict[str, Any]:
         "final-loss": run.last("loss"),
         "final-epsilon": run.final_epsilon() if run.private else None,
         "epsilon-source": run.epsilon_source,
+        "epsilon-lower-bound": _audit_lower_bound(run.path),
         "updates": "{} / {} / {}".format(*totals),
         "first-round-seconds": seconds[0] if seconds else None,
         "median-round-seconds": _median(seconds[1:]),
@@ -96,10 +98,25 @@ def key_numbers(run: RunData) -> dict[str, Any]:
     }
 
 
+def _audit_lower_bound(run_dir: Path) -> str | None:
+    """``fedsys audit``'s empirical lower bound and its confidence, when the run has an audit.json."""
+    from fedsys.audit.result import AUDIT_FILE
+
+    try:
+        doc = json.loads((run_dir / AUDIT_FILE).read_text())
+        bound, confidence = float(doc["epsilon-lower-bound"]), float(doc["confidence"])
+        return f"{bound:.3g} ({confidence:.0%}, m={int(doc['canaries'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _dp_cell(run: RunData) -> str:
     if not run.private:
         return "off"
-    return f"σ {_fmt(run.setting('dp.noise-multiplier'))}, C {_fmt(run.setting('dp.max-grad-norm'))}"
+    cell = f"σ {_fmt(run.setting('dp.noise-multiplier'))}, C {_fmt(run.setting('dp.max-grad-norm'))}"
+    if run.setting("dp.mode") == "distributed":  # sigma is the aggregate's, added in shares under SecAgg+
+        return f"distributed, aggregate {cell}, {_fmt(run.setting('dp.bits'))}-bit ring"
+    return cell
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:

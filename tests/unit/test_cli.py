@@ -21,9 +21,10 @@ runner = CliRunner()
         (["simulate", "--dataset", "breast-cancer", "--num-clients", "500"], "too small for 500 clients"),
         (
             ["simulate", "--model", "resnet"],
-            "model must be one of logreg, mlp, cnn, tanh-mlp, tanh-cnn, got 'resnet'",
+            "model must be one of logreg, mlp, cnn, tanh-mlp, tanh-cnn, lstm, transformer, got 'resnet'",
         ),
         (["simulate", "--resume"], "--resume needs --out RUN_DIR"),
+        (["simulate", "--dataset", "no_such_pkg.data:load"], "cannot import 'no_such_pkg.data'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message):
