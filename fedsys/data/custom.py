@@ -26,7 +26,6 @@ A ``Dataset`` is read item by item into memory, so it suits data sets that fit i
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from os import PathLike
 from typing import Any
@@ -39,6 +38,7 @@ from fedsys.config import MODEL_REFERENCE_RE, is_dataset_loader
 from fedsys.data.dataset import ArrayDataset
 from fedsys.data.files import labelled
 from fedsys.errors import ConfigError, DataError
+from fedsys.references import import_callable
 
 Loader = Callable[[], Any]
 
@@ -52,18 +52,7 @@ def resolve_loader(name: str) -> Loader:
     """
     if not is_dataset_loader(name):
         raise ConfigError(f"dataset loader must be package.module:loader, got {name!r}")
-    module_name, _, attribute = name.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(
-            f"dataset {name!r}: cannot import {module_name!r} ({err}); it must be importable "
-            "wherever data is loaded"
-        ) from err
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-    if not callable(target):
-        raise ConfigError(f"dataset {name!r}: {module_name!r} has no callable {attribute!r}")
+    target = import_callable(name, kind="dataset", where="it must be importable wherever data is loaded")
     loader: Loader = target
     return loader
 

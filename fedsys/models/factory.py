@@ -14,7 +14,6 @@ refuses (they break per-sample gradient hooks). ``fix-model`` applies ``ModuleVa
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch import nn
 from fedsys.config import MODEL_REFERENCE_RE as REFERENCE_RE
 from fedsys.errors import ConfigError
 from fedsys.models.zoo import MODELS
+from fedsys.references import import_callable
 
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 
@@ -41,18 +41,11 @@ def resolve_factory(name: str) -> ModelFactory:
             raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {name!r}") from err
     if not REFERENCE_RE.match(name):
         raise ConfigError(f"model must be a built-in name or package.module:factory, got {name!r}")
-    module_name, _, attribute = name.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(
-            f"model {name!r}: cannot import {module_name!r} ({err}); the module must be importable "
-            "wherever the model is built (installed, or on PYTHONPATH)"
-        ) from err
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-    if not callable(target):
-        raise ConfigError(f"model {name!r}: {module_name!r} has no callable {attribute!r}")
+    target = import_callable(
+        name,
+        kind="model",
+        where="the module must be importable wherever the model is built (installed, or on PYTHONPATH)",
+    )
     factory: ModelFactory = target
     return factory
 
