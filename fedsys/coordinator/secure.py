@@ -77,7 +77,7 @@ def secagg_params(config: RunConfig) -> SecAggParams:
     """The operator's SecAgg+ parameters from the scenario.
 
     In distributed-DP mode the clients send integer vectors in a ring of ``dp.bits`` bits; the
-    scale they encode with is chosen per round once the threshold is known (:func:`_distributed`).
+    scale they encode with is chosen per round, once the threshold is known (:func:`secure_round`).
     """
     sa = config.secagg
     return SecAggParams(

@@ -187,6 +187,9 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
         raise ProtocolError(f"the mask request breaks this holder's policy: {refusal[1]}")
     request = MaskedInputRequest.from_record(_request(message))
     global_arrays = require_arrays(message, ARRAYS)
+    integer = client.setup is not None and client.setup.integer_input
+    if (config.dp.mode == "distributed") != integer:  # before any record is read or budget spent
+        raise ProtocolError(f"dp.mode {config.dp.mode!r} at the mask stage does not match this round's setup")
     if config.dp.mode == "distributed":
         return _mask_distributed(message, context, client, request, global_arrays, config, settings)
     # Before any record is read: a request that cannot complete must not cost budget. The weight
@@ -233,6 +236,10 @@ def _mask_distributed(
         raise ProtocolError("distributed DP needs a secagg round with integer inputs")
     # before any record is read, as in local mode: a request that cannot complete costs nothing
     client.admit_masked_input(request, vector_length=setup_request.vector_length)
+    from fedsys.secagg.ddp_bounds import padded_dim_for
+
+    if padded_dim_for(sum(a.size for a in global_arrays.values())) != setup_request.vector_length:
+        raise ProtocolError("the global model does not match the vector length agreed at setup")
     _, rnd, run_id = server_config(message)
     update = distributed_update(
         config, settings, global_arrays, setup=setup_request, server_round=rnd, run_id=run_id

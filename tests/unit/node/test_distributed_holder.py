@@ -206,3 +206,25 @@ def test_at_client_level_the_holder_sends_its_whole_clipped_update_and_charges_r
     with PrivacyLedger(settings.ledger_path) as ledger:
         (entry,) = ledger.entries(settings.dataset_name)
     assert entry.sample_rate == 1.0 and entry.skellam_mu == pytest.approx(enc.noise_mu_total)
+
+
+def test_a_server_cannot_switch_the_dp_mode_between_setup_and_mask_to_burn_budget(tmp_path: Path) -> None:
+    """Set up a distributed round, then ask for a local-mode mask: refused before any spending."""
+    settings, node = _settings(tmp_path)
+    context = node_context(node)
+    setup = replace(_setup(), vector_length=padded_dim_for(DIM))
+    message = server_request(
+        CONFIG, extra={SECAGG: ConfigRecord(setup.to_record())}, message_type="train.secagg_setup"
+    )[0]
+    secure.setup(message, context, {})
+    local = CONFIG.replace({"dp.mode": "local"})
+    from fedsys.secagg import MaskedInputRequest
+
+    mask = MaskedInputRequest(context=ROUND, recipient=1, envelopes={})
+    request = server_request(
+        local, extra={SECAGG: ConfigRecord(mask.to_record())}, message_type="train.secagg_mask"
+    )[0]
+    with pytest.raises(ProtocolError, match="does not match"):
+        secure.mask(request, context, {})
+    with PrivacyLedger(settings.ledger_path) as ledger:
+        assert ledger.history(settings.dataset_name) == []
