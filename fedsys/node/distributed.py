@@ -26,8 +26,8 @@ from fedsys.data import ClientData
 from fedsys.errors import BudgetExceededError
 from fedsys.models import build_model, load_weights, to_arrays
 from fedsys.node.settings import HolderSettings
-from fedsys.node.update import _ledger, local_data
-from fedsys.privacy import LocalBudget, fingerprint_dataset
+from fedsys.node.update import _ledger, holder_budget, local_data
+from fedsys.privacy import fingerprint_dataset
 from fedsys.privacy.budget import budget_epsilon
 from fedsys.privacy.distributed_round import holder_encoding, holder_sample_rate, rotation_seed, round_segment
 from fedsys.privacy.fedsgd import per_example_gradients, poisson_sample
@@ -52,15 +52,6 @@ class DistributedUpdate:
     encoded: NDArray[np.uint64] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
-
-
-def _budget(settings: HolderSettings) -> LocalBudget:
-    return LocalBudget(
-        max_epsilon=settings.budget.max_epsilon,
-        target_delta=settings.budget.target_delta,
-        policy=settings.budget.policy,
-        accountant=settings.budget.accountant,
-    )
 
 
 def round_encoding(config: RunConfig, setup: SetupRequest, dim: int) -> DdpEncoding:
@@ -89,7 +80,7 @@ def precheck_distributed(
     """
     data = local_data(config, settings)
     segment = round_segment(round_encoding(config, setup, dim), holder_sample_rate(config, len(data.train)))
-    budget = _budget(settings)
+    budget = holder_budget(settings)
     ledger = _ledger(settings)
     try:
         prior = ledger.history(settings.dataset_name)
@@ -170,7 +161,7 @@ def distributed_update(
     enc = round_encoding(config, setup, sum(sizes))
     sample_rate = holder_sample_rate(config, len(data.train))
     segment = round_segment(enc, sample_rate)
-    budget = _budget(settings)
+    budget = holder_budget(settings)
     ledger = _ledger(settings)
     try:
         try:

@@ -221,13 +221,17 @@ def _dp_settings(
         accountant=config.dp.accountant,
         grad_sample_mode=config.dp.grad_sample_mode,
     )
-    budget = LocalBudget(
+    return dp, holder_budget(settings)
+
+
+def holder_budget(settings: HolderSettings) -> LocalBudget:
+    """The holder's own budget (its node config; never the server's run config)."""
+    return LocalBudget(
         max_epsilon=settings.budget.max_epsilon,
         target_delta=settings.budget.target_delta,
         policy=settings.budget.policy,
         accountant=settings.budget.accountant,
     )
-    return dp, budget
 
 
 def _ledger(settings: HolderSettings) -> PrivacyLedger:

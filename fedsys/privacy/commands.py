@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -261,8 +261,7 @@ def _distributed_plan(
     resolved = resolve_noise(config, sizes=[dataset_size], dim=dim)
     enc = server_encoding(resolved, dim=dim, threshold=threshold, participants=clients)
     rate = sample_rate_for(dataset_size, batch_size)
-    segment = round_segment(enc, rate)
-    history = [type(segment)(segment.mu, segment.l1, segment.l2, rate, rounds)]
+    history = [replace(round_segment(enc, rate), steps=rounds)]
     return {
         "mode": "distributed",
         "target_epsilon": target,

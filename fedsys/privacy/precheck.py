@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedsys.config import RunConfig
 from fedsys.errors import BudgetExceededError, ConfigError
@@ -182,7 +182,6 @@ def model_dim(config: RunConfig) -> int:
 
 def _distributed_problem(config: RunConfig, sizes: Sequence[int]) -> str | None:
     """As :func:`schedule_problem` for distributed DP: ``num-rounds`` rounds of the aggregate noise."""
-    from fedsys.privacy.distributed import SkellamSegment
     from fedsys.privacy.distributed_round import (
         expected_participants,
         holder_sample_rate,
@@ -199,8 +198,7 @@ def _distributed_problem(config: RunConfig, sizes: Sequence[int]) -> str | None:
         config, dim=dim, threshold=round_threshold(config, participants), participants=participants
     )
     rate = max(holder_sample_rate(config, n) for n in sizes)
-    segment = round_segment(enc, rate)
-    history = [SkellamSegment(segment.mu, segment.l1, segment.l2, rate, config.num_rounds)]
+    history = [replace(round_segment(enc, rate), steps=config.num_rounds)]
     epsilon = compute_epsilon(
         history, target_delta=config.budget.target_delta, accountant=config.budget.accountant
     )

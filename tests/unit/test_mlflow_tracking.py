@@ -4,6 +4,7 @@ import sys
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from tracking_builders import round_record
 from typer.testing import CliRunner
 
 import simulations.harness
@@ -14,25 +15,6 @@ from fedsys.deploy.server import RUNS_ROOT_ENV
 from fedsys.errors import ConfigError
 from fedsys.mlflow_tracking import POINTER_FILE, check_mlflow, file_store_path, open_mlflow, tracking_uri
 from fedsys.tracking import SCALARS, check_tracking, open_trackers, round_scalars
-
-
-def _record(rnd, **extra):
-    return {
-        "round": rnd,
-        "status": "ok",
-        "accuracy": 0.5 + rnd / 10,
-        "loss": 2.0 - rnd / 10,
-        "macro-f1": 0.4,
-        "epsilon-min": 0.1 * rnd,
-        "epsilon-median": 0.2 * rnd,
-        "epsilon-max": 0.3 * rnd,
-        "clients-sampled": 3,
-        "clients-succeeded": 2,
-        "clients-failed": 1,
-        "clients-declined": 0,
-        "round-seconds": 1.5,
-        **extra,
-    }
 
 
 def _finished_run_dir(run_dir, config, records):
@@ -56,7 +38,7 @@ def _history(client, run_id, tag):
 def test_a_run_logs_config_per_round_scalars_and_its_files_read_back_by_mlflow(tmp_path, monkeypatch):
     config = RunConfig().replace({"mlflow-uri": str(tmp_path / "mlruns"), "dp.noise-multiplier": 1.3})
     run_dir = tmp_path / "run-a"
-    records = [_record(1), _record(2, accuracy=None, loss=float("nan"))]
+    records = [round_record(1), round_record(2, accuracy=None, loss=float("nan"))]
     _finished_run_dir(run_dir, config, records)
 
     tracker = open_mlflow(config, run_dir)
@@ -87,7 +69,7 @@ def test_a_run_logs_config_per_round_scalars_and_its_files_read_back_by_mlflow(t
 
 
 def test_mlflow_and_tensorboard_log_the_same_scalars():
-    record = _record(3, **{"macro-f1": True, "clients-failed": float("inf")})
+    record = round_record(3, **{"macro-f1": True, "clients-failed": float("inf")})
 
     scalars = round_scalars(record)
 
@@ -101,12 +83,12 @@ def test_a_resumed_run_continues_its_mlflow_run_and_a_fresh_one_does_not(tmp_pat
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     first = open_mlflow(config, run_dir)
-    first.log_round(_record(1))
+    first.log_round(round_record(1))
     first.close(finished=False)  # the run crashed
 
     resumed = open_mlflow(config, run_dir, resume=True)
-    resumed.log_round(_record(2))
-    _finished_run_dir(run_dir, config, [_record(1), _record(2)])
+    resumed.log_round(round_record(2))
+    _finished_run_dir(run_dir, config, [round_record(1), round_record(2)])
     resumed.close(finished=True)
     fresh = open_mlflow(config, run_dir)
 
@@ -125,7 +107,7 @@ def test_a_failed_run_is_marked_failed_without_artifacts(tmp_path, monkeypatch):
     run_dir.mkdir()
     (tracker,) = open_trackers(config, run_dir)
 
-    tracker.log_round(_record(1))
+    tracker.log_round(round_record(1))
     tracker.close(finished=False)
 
     client = _reader(monkeypatch, (tmp_path / "mlruns").as_uri())

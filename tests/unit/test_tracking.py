@@ -2,30 +2,12 @@ import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tracking_builders import round_record
 
 from fedsys.config import RunConfig
 from fedsys.deploy.server import RUNS_ROOT_ENV
 from fedsys.errors import ConfigError
 from fedsys.tracking import SCALARS, check_tracking, open_tracker
-
-
-def _record(rnd, **extra):
-    return {
-        "round": rnd,
-        "status": "ok",
-        "accuracy": 0.5 + rnd / 10,
-        "loss": 2.0 - rnd / 10,
-        "macro-f1": 0.4,
-        "epsilon-min": 0.1 * rnd,
-        "epsilon-median": 0.2 * rnd,
-        "epsilon-max": 0.3 * rnd,
-        "clients-sampled": 3,
-        "clients-succeeded": 2,
-        "clients-failed": 1,
-        "clients-declined": 0,
-        "round-seconds": 1.5,
-        **extra,
-    }
 
 
 def _scalars(log_dir):
@@ -38,8 +20,8 @@ def test_each_round_becomes_scalars_at_its_round_number(tmp_path):
     config = RunConfig().replace({"tensorboard-dir": str(tmp_path / "tb")})
     tracker = open_tracker(config, tmp_path / "run-a")
 
-    tracker.log_round(_record(1))
-    tracker.log_round(_record(2, accuracy=None, loss=float("nan"), **{"macro-f1": True}))
+    tracker.log_round(round_record(1))
+    tracker.log_round(round_record(2, accuracy=None, loss=float("nan"), **{"macro-f1": True}))
     tracker.close()
 
     scalars = _scalars(tmp_path / "tb" / "run-a")
@@ -56,11 +38,11 @@ def test_a_resumed_run_replaces_the_rounds_it_repeats(tmp_path):
     config = RunConfig().replace({"tensorboard-dir": str(tmp_path / "tb")})
     first = open_tracker(config, tmp_path / "run")
     for rnd in (1, 2, 3):
-        first.log_round(_record(rnd))
+        first.log_round(round_record(rnd))
     first.close()
 
     resumed = open_tracker(config, tmp_path / "run")
-    resumed.log_round(_record(3, accuracy=0.99))
+    resumed.log_round(round_record(3, accuracy=0.99))
     resumed.close()
 
     assert _scalars(tmp_path / "tb" / "run")["eval/accuracy"] == [
