@@ -17,6 +17,7 @@ def make_client_app(local: Mapping[str, Any] | None = None) -> ClientApp:
     client = ClientApp()
 
     client.train()(_bind(handlers.private_errors(handlers.train), own))
+    client.train(handlers.EVALUATE_ACTION)(_bind(handlers.private_errors(handlers.evaluate), own))
     for action, handler in secure.HANDLERS.items():
         client.train(action)(_bind(handlers.private_errors(handler), own))
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API")
     parser.add_argument("--approve", action="append", default=[], help="an approved FAB hash")
     parser.add_argument("--superexec-auth-secret-file", type=Path, default=None)
-    parser.add_argument("--poll-interval", type=float, default=0.2)
+    parser.add_argument("--poll-interval", type=float, default=0.05)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from fedsys.config import RunConfig
+from fedsys.console import DebugAnywhere, FedsysConsole
 from fedsys.errors import ConfigError, FedsysError
 
-console = Console(stderr=True)
-stdout = Console()
+console = FedsysConsole(stderr=True)
+stdout = FedsysConsole()
 app = typer.Typer(
+    cls=DebugAnywhere,
     name="fedsys",
     help=(
         "Privacy-preserving federated learning: Flower for orchestration, Opacus DP-SGD at every "
@@ -44,7 +45,9 @@ ALLOW_PARTIAL_HELP = (
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks on errors (anywhere on the line).")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -224,7 +227,13 @@ def simulate(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any config key, e.g. --set dp.noise-multiplier=1.2")
     ] = None,
-    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            help="Show Flower's and Ray's logs, including their notices (Flower's run_simulation "
+            "deprecation, Ray's GPU-visibility FutureWarning); without it only their warnings and errors."
+        ),
+    ] = False,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help=ALLOW_PARTIAL_HELP)] = False,
 ) -> None:
     overrides = {

@@ -10,6 +10,7 @@ that names the key and echoes the value.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import tomllib
@@ -22,6 +23,7 @@ from fedsys.errors import ConfigError
 
 StrategyName = Literal["fedavg", "fedprox"]
 ServerOptimizerName = Literal["sgd", "momentum", "adagrad", "adam", "yogi"]
+ServerAverage = Literal["none", "ema"]
 Accountant = Literal["rdp", "prv"]
 GradSampleMode = Literal["auto", "hooks", "ghost"]
 BudgetPolicy = Literal["refuse", "truncate"]
@@ -107,7 +109,9 @@ class ServerConfig:
     ``adam`` and ``yogi`` are FedAdagrad/FedAdam/FedYogi (Reddi et al., ICLR 2021, Algorithm 2).
     ``momentum`` is FedAvgM's only; ``beta1``, ``beta2`` and ``tau`` (the degree of adaptivity)
     are the adaptive optimizers' (``adagrad`` uses no ``beta2``). The equations are in
-    :mod:`fedsys.strategy.server_optimizer`.
+    :mod:`fedsys.strategy.server_optimizer`. ``average = "ema"`` releases (evaluates, saves) an
+    exponential moving average of the iterates with ``ema-decay`` instead of the last one
+    (:mod:`fedsys.strategy.averaging`); holders keep training from the iterate.
     """
 
     optimizer: ServerOptimizerName = "sgd"
@@ -116,9 +120,14 @@ class ServerConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
+    # "ema": the released model is an exponential moving average of the global iterates
+    # (fedsys.strategy.averaging), computed by the server from released aggregates only
+    average: ServerAverage = "none"
+    ema_decay: float = 0.9
 
     def __post_init__(self) -> None:
         _require(self.lr > 0 and math.isfinite(self.lr), "server.lr", self.lr, "must be a finite number > 0")
+        _require(0 < self.ema_decay < 1, "server.ema-decay", self.ema_decay, "must be in (0, 1)")
         _require(0 <= self.momentum < 1, "server.momentum", self.momentum, "must be in [0, 1)")
         _require(0 <= self.beta1 < 1, "server.beta1", self.beta1, "must be in [0, 1)")
         _require(0 <= self.beta2 < 1, "server.beta2", self.beta2, "must be in [0, 1)")
@@ -259,6 +268,32 @@ class SecAggConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """Federated evaluation (:mod:`fedsys.evaluation`): holders score each model they are sent on
+    their held-out split and release only sums (inside SecAgg+ unless their policy allows plaintext)."""
+
+    federated: bool = True
+    loss_bound: float = 10.0  # public clip of one example's cross-entropy in the released loss sum
+    # > 0: each holder adds Gaussian noise (this times the sums' L2 sensitivity) to its sums and
+    # charges one Gaussian release (q = 1) to its ledger; 0: sums released exactly
+    noise_multiplier: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
+            "evaluation.noise-multiplier",
+            self.noise_multiplier,
+            "must be a finite number >= 0",
+        )
+        _require(
+            self.loss_bound > 0 and math.isfinite(self.loss_bound),
+            "evaluation.loss-bound",
+            self.loss_bound,
+            "must be a finite number > 0",
+        )
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """Virtual-client settings for Flower's simulation engine."""
 
@@ -300,6 +335,21 @@ def is_dataset_loader(dataset: str) -> bool:
     return not dataset.startswith("synthetic") and bool(MODEL_REFERENCE_RE.match(dataset))
 
 
+def _check_labels(config: RunConfig) -> None:
+    labels = config.labels
+    if not labels:
+        return
+    if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
+        raise ConfigError(f"labels must be two or more distinct, non-empty strings, got {list(labels)!r}")
+    if config.num_classes and config.num_classes != len(labels):
+        raise ConfigError(f"num-classes is {config.num_classes} but labels declares {len(labels)} labels")
+    data_file = Path(config.dataset).suffix.lower() in {".csv", ".parquet", ".pq", ".npz"}
+    if not data_file or is_dataset_loader(config.dataset):
+        raise ConfigError(
+            f"labels applies to a .csv, .parquet or .npz dataset file, got dataset {config.dataset!r}"
+        )
+
+
 def _check_dataset(config: RunConfig) -> None:
     text, dataset = config.text, config.dataset
     if is_dataset_loader(dataset) and config.feature_range.strip().lower().endswith(".csv"):
@@ -325,6 +375,9 @@ class RunConfig:
     seed: int = 0
     dataset: str = "digits"
     label_column: str = "label"
+    # the public label set of a data file whose labels are strings: class i is labels[i]
+    # (declared in the scenario, never read from the data, so every holder maps alike)
+    labels: tuple[str, ...] = ()
     partition: str = "auto"
     model: str = "mlp"  # a built-in name or "package.module:factory" (fedsys.models.factory)
     fix_model: bool = False  # apply Opacus' ModuleValidator.fix wherever the model is built
@@ -341,6 +394,9 @@ class RunConfig:
     # simulation only, a holder's own setting (never taken from the server): an .npz of audit
     # canaries (fedsys.audit.canaries) each simulated holder adds to its training split
     audit_canaries: str = ""
+    # simulation only, likewise a holder's own setting: the canary clients of the client-level
+    # audit (fedsys.audit.client_canaries); an included canary slot sends its direction
+    audit_client_canaries: str = ""
     # the public range of a data file's values (simulation; a real holder declares its own)
     feature_range: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -349,6 +405,7 @@ class RunConfig:
     dp: DPConfig = field(default_factory=DPConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
@@ -375,6 +432,7 @@ class RunConfig:
                 f"public range, got {self.feature_range!r}"
             )
         _check_dataset(self)
+        _check_labels(self)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RunConfig:
@@ -409,6 +467,8 @@ class RunConfig:
         for key, value in self.to_mapping().items():
             if isinstance(value, dict):
                 flat.update({f"{key}.{k}": v for k, v in value.items()})
+            elif isinstance(value, tuple):
+                flat[key] = json.dumps(list(value))
             else:
                 flat[key] = value
         return flat
@@ -422,6 +482,18 @@ class RunConfig:
         if self.partition != "auto":
             return self.partition
         return "natural" if self.dataset.startswith("synthetic") else "dirichlet:0.5"
+
+    def resolved(self) -> RunConfig:
+        """This config with each ``auto`` the server settles replaced by what it settles to.
+
+        That is ``partition`` of a simulated run (:meth:`resolved_partition`), so config.toml,
+        MLflow and the holders all name the split that was used. A deployed run
+        (``dataset = "node"``) splits nothing; ``device`` and ``dp.grad-sample-mode`` stay
+        ``auto``: each holder settles them on its own hardware.
+        """
+        if self.dataset == "node" or self.partition != "auto":
+            return self
+        return dataclasses.replace(self, partition=self.resolved_partition())
 
 
 def _require(ok: bool, key: str, value: object, rule: str) -> None:
@@ -494,14 +566,31 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
+    if getattr(hint, "__origin__", None) is tuple:
+        return _string_list(value, key)
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value
+
+
+def _string_list(value: Any, key: str) -> tuple[str, ...]:
+    """A list of strings: a TOML array, or the JSON text that :meth:`RunConfig.to_flat` makes of it
+    (Flower's run config holds scalars only)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError as err:
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}") from err
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+    return tuple(value)
 
 
 def _to_mapping(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        if value == ():  # an undeclared list: left out, as Flower's run config holds no lists
+            continue
         out[_kebab(f.name)] = _to_mapping(value) if dataclasses.is_dataclass(value) else value
     return out

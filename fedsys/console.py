@@ -1,4 +1,5 @@
-"""Live progress for long runs: a bar over rounds and one table row per finished round."""
+"""The command line's consoles, its ``--debug`` anywhere on the line, and live progress for
+long runs: a bar over rounds and one line per finished round."""
 
 from __future__ import annotations
 
@@ -6,11 +7,44 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from fedsys.config import RunConfig
+
+DEBUG_FLAG = "--debug"
+
+
+class FedsysConsole(Console):
+    """A rich Console that never breaks a printed line when its output is not a terminal.
+
+    Piped or redirected output keeps each message on one line (a log, ``grep`` or a CI page wraps
+    it, if at all); in a terminal, rich wraps to the window as usual. Tables are still laid out
+    for the console's width.
+    """
+
+    @property
+    def soft_wrap(self) -> bool:
+        return not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:  # rich's __init__ sets it; the output decides
+        pass
+
+
+class DebugAnywhere(TyperGroup):
+    """A command group that takes ``--debug`` anywhere before ``--``, not only before the
+    subcommand (``fedsys simulate ... --debug`` as well as ``fedsys --debug simulate ...``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        head, tail = args[:end], args[end:]
+        if DEBUG_FLAG in head[1:]:
+            head = [DEBUG_FLAG, *(a for a in head if a != DEBUG_FLAG)]
+        return super().parse_args(ctx, head + tail)
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:

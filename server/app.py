@@ -34,7 +34,10 @@ def make_server_app(
         run_dir = _run_dir(cfg, context.run_id)
         is_sim = simulated if simulated is not None else cfg.dataset != "node"
         again = resume or bool(cfg.resume_from)
-        summary = Coordinator(grid, cfg, run_dir, simulated=is_sim, on_round=on_round, resume=again).run()
+        run_id = "" if is_sim else str(context.run_id)  # deployed: Flower's id is fedsys' id
+        summary = Coordinator(
+            grid, cfg, run_dir, simulated=is_sim, on_round=on_round, resume=again, run_id=run_id
+        ).run()
         if on_summary is not None:
             on_summary(summary)
 

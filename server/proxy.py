@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from fedsys.deploy.fleet_proxy import ProxySettings, serve
+from fedsys.deploy.fleet_proxy import DEFAULT_PULL_HOLD, ProxySettings, serve
 from fedsys.deploy.server import parse_address
 
 
@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keyfile", default=None, help="TLS private key (server.key)")
     parser.add_argument("--ca-certfile", default=None, help="CA that signed the SuperLink's certificate")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP on both sides (local trials)")
+    parser.add_argument(
+        "--pull-hold",
+        type=float,
+        default=DEFAULT_PULL_HOLD,
+        help="seconds an empty pull-messages is held until a message arrives (0: answer at once)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -37,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         certfile=None if args.insecure else args.certfile,
         keyfile=None if args.insecure else args.keyfile,
         upstream_ca=None if args.insecure else args.ca_certfile,
+        pull_hold=max(0.0, args.pull_hold),
     )
     logging.getLogger("fedsys.deploy.proxy").info(
         "Fleet proxy on %s forwards POST /v1/fleet/* to %s; everything else is refused",

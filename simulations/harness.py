@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,11 @@ from server.app import make_server_app
 SCENARIO_DIR = Path(__file__).parent
 
 log = logging.getLogger("fedsys")
+# Flower's notice that run_simulation is deprecated (we need the in-process API for the live
+# display) and Ray's FutureWarning about CUDA_VISIBLE_DEVICES when num_gpus=0 (we keep Ray's
+# current behaviour: a virtual client without a GPU share sees no GPU): shown with --verbose only.
+RUN_SIMULATION_NOTICE = "The `run_simulation` function is deprecated"
+RAY_GPU_NOTICE = "Tip: In future versions of Ray"
 
 
 def local_settings(config: RunConfig) -> dict[str, Any]:
@@ -36,8 +44,12 @@ def local_settings(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def backend_config(config: RunConfig) -> dict[str, Any]:
-    """Ray backend settings: resources per virtual client and where Ray runs."""
+def backend_config(config: RunConfig, *, ray_temp_dir: Path | None = None) -> dict[str, Any]:
+    """Ray backend settings: resources per virtual client and where Ray runs.
+
+    ``ray_temp_dir`` is where a Ray that fedsys starts itself keeps its session (never used with
+    ``simulation.ray-address``: that cluster's files are not ours).
+    """
     init_args: dict[str, Any] = {
         "include_dashboard": False,
         "logging_level": logging.ERROR,
@@ -47,6 +59,8 @@ def backend_config(config: RunConfig) -> dict[str, Any]:
         init_args["address"] = config.simulation.ray_address
     else:
         init_args["num_cpus"] = os.cpu_count() or 1
+        if ray_temp_dir is not None:
+            init_args["_temp_dir"] = str(ray_temp_dir)
     return {
         "client_resources": {"num_cpus": config.simulation.num_cpus, "num_gpus": config.simulation.num_gpus},
         "init_args": init_args,
@@ -102,17 +116,62 @@ def run_scenario(
         config, simulated=True, resume=resume, on_round=on_round, on_summary=summary.update
     )
     client = client_app or make_client_app(local_settings(config) | dict(holder_extras or {}))
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        # run_simulation is Flower's in-process simulation API; it warns that `flwr run`
-        # is preferred, but only the in-process API lets us drive a live progress display.
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with quiet_engine(verbose=verbose), ray_session_dir(config) as ray_temp_dir:
         run_simulation(
             server_app=server,
             client_app=client,
             num_supernodes=config.simulation.num_clients,
-            backend_config=backend_config(config),
+            backend_config=backend_config(config, ray_temp_dir=ray_temp_dir),
             verbose_logging=verbose,
         )
     return summary
+
+
+class _DropNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return RUN_SIMULATION_NOTICE not in record.getMessage()
+
+
+@contextmanager
+def quiet_engine(*, verbose: bool) -> Iterator[None]:
+    """Flower's and Ray's logs for one simulation: warnings and errors only, minus the two
+    notices above, unless ``verbose``.
+
+    Flower's logger has its own console handler; Opacus' import-time ``logging.basicConfig``
+    gives the root logger one too, so Flower's records would otherwise print twice.
+    """
+    flwr_log = logging.getLogger("flwr")
+    saved = flwr_log.level, flwr_log.propagate
+    notice = _DropNotice()
+    flwr_log.propagate = False
+    if not verbose:
+        flwr_log.setLevel(logging.WARNING)
+        flwr_log.addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if not verbose:
+                warnings.filterwarnings("ignore", message=RAY_GPU_NOTICE, category=FutureWarning)
+            yield
+    finally:
+        flwr_log.removeFilter(notice)
+        flwr_log.setLevel(saved[0])
+        flwr_log.propagate = saved[1]
+
+
+@contextmanager
+def ray_session_dir(config: RunConfig) -> Iterator[Path | None]:
+    """A private folder for the Ray session fedsys starts, removed afterwards (Ray leaves its
+    ``session_*`` folder behind); ``None`` with ``simulation.ray-address`` (not our cluster).
+
+    Under ``/tmp`` (or ``RAY_TMPDIR``) with a short name: Ray's socket paths must fit in 107 bytes.
+    """
+    if config.simulation.ray_address:
+        yield None
+        return
+    base = os.environ.get("RAY_TMPDIR") or ("/tmp" if os.path.isdir("/tmp") else None)  # noqa: S108
+    path = Path(tempfile.mkdtemp(prefix=f"fedsys-ray-{os.getpid()}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -16,7 +16,12 @@ AUDIT_HELP = (
     "global models the server released, and converts the guesses into a lower bound on epsilon at "
     "the scenario's delta. Prints the accountant's epsilon beside it and writes DIR/audit.json. "
     "A lower bound above the accountant's epsilon is a privacy bug (at the stated confidence); a "
-    "small lower bound proves nothing: it is what this attack could show, not what DP allows."
+    "small lower bound proves nothing: it is what this attack could show, not what DP allows.\n\n"
+    "A client-level distributed-DP scenario (dp.mode = distributed, dp.level = client) gets the "
+    "client-level audit instead: m simulated clients are canary slots, each included with probability "
+    "1/2; an included one sends a secret random direction at the clipping norm through the same "
+    "clipping, Skellam share and SecAgg+ path, and the server scores each direction against the "
+    "released models (Andrew et al., ICLR 2024). With --no-dp the noise is made negligible, not removed."
 )
 
 
@@ -59,25 +64,38 @@ def audit(
     from fedsys.cli import guarded, load_scenario, stdout
 
     def _run() -> None:
+        from fedsys.audit.client_level import audit_client_level, is_client_level
         from fedsys.audit.federated import audit_federated
 
-        config = load_scenario(scenario, {"dp.enabled": False if no_dp else None}, set_ or [])
+        config = load_scenario(scenario, {}, set_ or [])
         run_dir = out or Path("runs") / f"audit-{scenario.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        result = audit_federated(
-            config,
-            run_dir,
-            canaries=canaries,
-            confidence=confidence,
-            amplitude=amplitude,
-            audit_seed=audit_seed,
-        )
+        if is_client_level(config):  # canary clients (noise kept negligible, not off, with --no-dp)
+            result = audit_client_level(
+                config, run_dir, canaries=canaries, confidence=confidence, audit_seed=audit_seed, no_dp=no_dp
+            )
+        else:
+            config = load_scenario(scenario, {"dp.enabled": False if no_dp else None}, set_ or [])
+            result = audit_federated(
+                config,
+                run_dir,
+                canaries=canaries,
+                confidence=confidence,
+                amplitude=amplitude,
+                audit_seed=audit_seed,
+            )
         path = result.write(run_dir)
         eps = f"{result.epsilon:.3f}" if result.dp else "inf (DP off)"
         verdict = "VIOLATION: lower bound above the accountant's epsilon" if result.violated else "consistent"
         stdout.print(
             f"epsilon (accountant) {eps}   epsilon lower bound {result.epsilon_lower_bound:.3f}   "
             f"canaries {result.canaries}   confidence {result.confidence:g}   delta {result.delta:g}\n"
-            f"attack {result.attack}: {result.correct}/{result.guesses} guesses right   {verdict}\n{path}",
+            f"attack {result.attack}: {result.correct}/{result.guesses} guesses right   {verdict}\n"
+            + (
+                f"Gaussian-fit estimate (Andrew et al. 2024; not a bound) {result.epsilon_estimate:.3f}\n"
+                if result.epsilon_estimate is not None
+                else ""
+            )
+            + f"{path}",
             highlight=False,
             soft_wrap=True,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +45,9 @@ class AuditResult:
         dp: Whether DP-SGD was on.
         seed: The auditor's seed (None: OS entropy).
         seconds: Wall time.
+        level: ``sample`` (canary records) or ``client`` (canary clients).
+        epsilon_estimate: The client-level audit's Gaussian-fit estimate (Andrew et al., ICLR
+            2024): an estimate, not a bound; None where not computed.
     """
 
     epsilon: float
@@ -60,6 +63,12 @@ class AuditResult:
     dp: bool
     seed: int | None
     seconds: float
+    level: str = "sample"
+    epsilon_estimate: float | None = None
+
+    def with_estimate(self, estimate: float, *, level: str) -> AuditResult:
+        """This result with a Gaussian-fit estimate and the audit's level."""
+        return replace(self, epsilon_estimate=estimate, level=level)
 
     @property
     def violated(self) -> bool:
@@ -72,6 +81,8 @@ class AuditResult:
         doc["attacks"] = list(self.attacks)
         if not math.isfinite(self.epsilon):
             doc["epsilon"] = None
+        if self.epsilon_estimate is not None and not math.isfinite(self.epsilon_estimate):
+            doc["epsilon-estimate"] = None
         return doc
 
     def write(self, out_dir: Path) -> Path:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsys.evaluation import EvaluationSums
 from fedsys.node.policy import Refusal
 from fedsys.wire import STATUS_BUDGET
 
@@ -58,6 +59,7 @@ class RoundOutcome:
     train_seconds: float = 0.0
     aggregate_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    evaluation: EvaluationSums | None = None  # the cohort's federated-evaluation sums (model sent)
 
     def declined_summary(self) -> str:
         """``3 of 3 sampled clients declined: budget``, or empty when none declined."""
@@ -91,5 +93,7 @@ class RoundOutcome:
             )
         if self.message:
             out["message"] = self.message
+        if self.evaluation is not None and self.evaluation.examples > 0:
+            out.update(self.evaluation.summary())
         out.update(self.extra)
         return out

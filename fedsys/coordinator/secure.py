@@ -18,6 +18,7 @@ The server never accepts a plaintext update in this mode: only masked vectors ar
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -32,6 +33,13 @@ from fedsys.coordinator.messaging import Exchange, exchange
 from fedsys.coordinator.plain import round_configs
 from fedsys.coordinator.round import RoundOutcome, refusal_code
 from fedsys.errors import AbortedRoundError, ConfigError, FedsysError, ProtocolError
+from fedsys.evaluation import (
+    EvaluationSums,
+    check_sums,
+    decode_section,
+    section_length,
+    section_ring_bits,
+)
 from fedsys.models import flatten, unflatten
 from fedsys.secagg import (
     AdvertiseKeysReply,
@@ -73,14 +81,28 @@ if TYPE_CHECKING:
     from fedsys.secagg.ddp import DdpEncoding
 
 
-def secagg_params(config: RunConfig) -> SecAggParams:
+def secagg_params(config: RunConfig, *, num_classes: int = 0, participants: int = 2) -> SecAggParams:
     """The operator's SecAgg+ parameters from the scenario.
 
     In distributed-DP mode the clients send integer vectors in a ring of ``dp.bits`` bits; the
     scale they encode with is chosen per round, once the threshold is known (:func:`secure_round`).
+    With ``num_classes`` (federated evaluation in local mode) each client appends its evaluation
+    section (:mod:`fedsys.evaluation`) and the ring is widened so the sections' sum cannot wrap.
     """
     sa = config.secagg
+    extra = {}
+    if num_classes and config.dp.mode != "distributed":
+        extra = {
+            "extra_length": section_length(num_classes),
+            "min_ring_bits": section_ring_bits(
+                num_clients=participants,
+                max_examples=sa.max_weight,
+                loss_bound=config.evaluation.loss_bound,
+                noise_multiplier=config.evaluation.noise_multiplier,
+            ),
+        }
     return SecAggParams(
+        **extra,
         integer_ring_bits=config.dp.bits if config.dp.mode == "distributed" else None,
         max_weight=sa.max_weight,
         clip_range=sa.clip_range,
@@ -101,8 +123,15 @@ def secure_round(
     run_id: str,
     *,
     simulated: bool,
+    num_classes: int = 0,
+    evaluate_only: bool = False,
 ) -> RoundOutcome:
-    """Run one SecAgg+ round over the sampled nodes and return the securely averaged delta."""
+    """Run one SecAgg+ round over the sampled nodes and return the securely averaged delta.
+
+    With ``num_classes`` the clients also append the federated-evaluation sums of ``weights``;
+    with ``evaluate_only`` they send only those (an integer-input round: nothing trained, no
+    budget spent), for the final model.
+    """
     sampled = list(assignment)
     ids = {node: i + 1 for i, node in enumerate(sampled)}
     nodes = {i: node for node, i in ids.items()}
@@ -117,21 +146,44 @@ def secure_round(
     if distributed:  # imported here: a plain run's server never loads the distributed-DP stack
         from fedsys.privacy.distributed_round import server_encoding
         from fedsys.secagg.ddp_bounds import padded_dim_for
+    try:
+        params = secagg_params(
+            config, num_classes=0 if evaluate_only else num_classes, participants=len(nodes)
+        )
+    except ConfigError as err:  # the evaluation sums could wrap the ring: train without them
+        log.warning("round %d: federated evaluation left out: %s", rnd, err)
+        params = secagg_params(config)
+    try:
+        if evaluate_only:  # an integer-input round whose whole vector is the evaluation section
+            dim = section_length(num_classes)
+            bits = section_ring_bits(
+                num_clients=len(nodes),
+                max_examples=config.secagg.max_weight,
+                loss_bound=config.evaluation.loss_bound,
+                noise_multiplier=config.evaluation.noise_multiplier,
+            )
+            params = replace(params, integer_ring_bits=bits, integer_scale=0.0)
+    except ConfigError as err:
+        return RoundOutcome(sampled=sampled, status="abandoned", message=f"federated evaluation: {err}")
     server = SecAggServer(
         list(nodes),
-        context=RoundContext(run_id=int(run_id, 16), round=rnd),
-        vector_length=padded_dim_for(dim) if distributed else dim,
-        params=secagg_params(config),
+        context=RoundContext(run_id=secagg_run_id(run_id), round=rnd),
+        vector_length=padded_dim_for(dim) if distributed and not evaluate_only else dim,
+        params=params,
     )
     outcome = RoundOutcome(sampled=sampled)
     encoding = None
-    if distributed:
+    if distributed and not evaluate_only:
         try:
             encoding = server_encoding(config, dim=dim, threshold=server.threshold, participants=len(nodes))
         except ConfigError as err:
             return RoundOutcome(sampled=sampled, status="abandoned", message=f"distributed DP: {err}")
         server.params = replace(server.params, integer_scale=encoding.gamma)
     configs = round_configs(config, assignment, rnd, run_id, simulated=simulated)
+    if evaluate_only:
+        from fedsys.node.handlers import EVALUATE_ONLY
+
+        configs = {n: ConfigRecord({**dict(c), EVALUATE_ONLY: True}) for n, c in configs.items()}
     timeout = config.secagg.stage_timeout
     started = time.perf_counter()
 
@@ -201,6 +253,13 @@ def _run_stages(
     result = server.receive_unmask(unmasked)
     outcome.aggregate_seconds = time.perf_counter() - t0
     outcome.succeeded = [nodes[u] for u in result.contributors]
+    scoring = server.params.integer_ring_bits is not None and encoding is None  # evaluation only
+    section = result.ring_sum if scoring else result.extra_sum
+    if section is not None:
+        outcome.evaluation = _cohort_sums(section, server, config, len(result.contributors))
+    if scoring:
+        outcome.failed = sorted({n for n in ids if n not in outcome.succeeded and n not in outcome.declined})
+        return
     if encoding is not None and result.ring_sum is not None:
         outcome.delta = _fedsgd_step(
             result.ring_sum, encoding, weights, config, run_id, rnd, len(result.contributors)
@@ -214,6 +273,26 @@ def _run_stages(
         "secagg-error-bound": result.mean_error_bound,
         "secagg-survivors": list(result.survivors_per_stage),
     }
+
+
+def _cohort_sums(
+    section: np.ndarray, server: SecAggServer, config: RunConfig, contributors: int
+) -> EvaluationSums | None:
+    """Decode the cohort's evaluation sums; a sum no honest cohort could produce is logged and left
+    out (under SecAgg+ no single sender can be blamed, and the round's update stands)."""
+    classes = math.isqrt(max(section.size - section_length(0), 0))
+    try:
+        sums = decode_section(section, ring_bits=server.ring_bits, num_classes=classes)
+        check_sums(
+            sums,
+            loss_bound=config.evaluation.loss_bound,
+            max_examples=config.secagg.max_weight * contributors,
+            noisy=config.evaluation.noise_multiplier > 0,
+        )
+    except ProtocolError as err:
+        log.warning("round %d: federated evaluation left out: %s", server.context.round, err)
+        return None
+    return sums
 
 
 def _fedsgd_step(
@@ -325,3 +404,9 @@ def _note_training(outcome: RoundOutcome, node: int, reply: Message) -> None:
     _note_epsilon(outcome, node, reply)
     if loss is not None:
         outcome.train_losses.append(loss)
+
+
+def secagg_run_id(run_id: str) -> int:
+    """The 64-bit run id SecAgg+ binds every envelope to: a deployed run's id is Flower's (decimal),
+    a simulated run's is fedsys' own 16 hex digits (any value in [0, 2^64) binds as well)."""
+    return int(run_id) if run_id.isdecimal() and len(run_id) != 16 else int(run_id, 16)

@@ -57,6 +57,7 @@ def load_source(
     label_column: str = "label",
     feature_range: FeatureRange | None = None,
     text: TextConfig | None = None,
+    labels: tuple[str, ...] = (),
 ) -> ArrayDataset:
     """Load a whole built-in data set, user loader or file (not for ``synthetic``), scaled.
 
@@ -72,6 +73,7 @@ def load_source(
             label_column=label_column,
             max_length=text.max_length,
             tokenizer=text.tokenizer,
+            labels=labels,
         )
     if is_dataset_loader(dataset):
         from fedsys.data.custom import load_user_data
@@ -86,11 +88,18 @@ def load_source(
         return load_breast_cancer()
     if dataset.startswith("synthetic"):
         raise ConfigError("synthetic data is generated per client; it has no whole data set")
-    return load_scaled_file(Path(dataset), label_column=label_column, feature_range=feature_range)
+    return load_scaled_file(
+        Path(dataset), label_column=label_column, feature_range=feature_range, labels=labels
+    )
 
 
 def load_scaled_file(
-    path: Path, *, label_column: str, feature_range: FeatureRange | None, num_classes: int = 0
+    path: Path,
+    *,
+    label_column: str,
+    feature_range: FeatureRange | None,
+    num_classes: int = 0,
+    labels: tuple[str, ...] = (),
 ) -> ArrayDataset:
     """A data file, clipped to its declared public range and mapped to [-1, 1].
 
@@ -99,7 +108,9 @@ def load_scaled_file(
         DataError: the file or the range table cannot be read, or they do not match.
     """
     columns, bounds = declared_bounds(feature_range) if feature_range else ([], None)
-    data = load_file(path, label_column=label_column, feature_columns=columns, num_classes=num_classes)
+    data = load_file(
+        path, label_column=label_column, feature_columns=columns, num_classes=num_classes, labels=labels
+    )
     if feature_range is None:
         raise ConfigError(
             f"no feature-range declared for {path}: give the public range of its values "
@@ -116,8 +127,11 @@ def _pool_and_central(
     seed: int,
     test_fraction: float,
     text: TextConfig,
+    labels: tuple[str, ...] = (),
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    full = load_source(dataset, label_column=label_column, feature_range=feature_range, text=text)
+    full = load_source(
+        dataset, label_column=label_column, feature_range=feature_range, text=text, labels=labels
+    )
     pool, central = full.split(test_fraction, np.random.default_rng([seed, 1]))
     return pool, central
 
@@ -130,10 +144,11 @@ def _partitioner(
     seed: int,
     test_fraction: float,
     text: TextConfig,
+    labels: tuple[str, ...],
     spec: str,
     num_partitions: int,
 ) -> object:
-    pool, _ = _pool_and_central(dataset, label_column, feature_range, seed, test_fraction, text)
+    pool, _ = _pool_and_central(dataset, label_column, feature_range, seed, test_fraction, text, labels)
     return make_partitioner(spec, num_partitions=num_partitions, labels=pool.y, seed=seed)
 
 
@@ -169,7 +184,9 @@ def _add_audit_canaries(data: ClientData, path: Path, partition_id: int) -> Clie
     return ClientData(train=with_canaries(data.train, CanarySet.load(path), partition_id), test=data.test)
 
 
-def _source_key(config: RunConfig) -> tuple[str, str, FeatureRange | None, int, float, TextConfig]:
+def _source_key(
+    config: RunConfig,
+) -> tuple[str, str, FeatureRange | None, int, float, TextConfig, tuple[str, ...]]:
     return (
         config.dataset,
         config.label_column,
@@ -177,6 +194,7 @@ def _source_key(config: RunConfig) -> tuple[str, str, FeatureRange | None, int, 
         config.seed,
         config.test_fraction,
         config.text,
+        config.labels,
     )
 
 

@@ -11,6 +11,11 @@ import pandas as pd
 from fedsys.data.dataset import ArrayDataset
 from fedsys.errors import DataError
 
+DECLARE_LABELS = (
+    'declare the label set in the scenario, e.g. labels = ["benign", "malignant"] (class i is the '
+    "i-th label; a public list, never read from the data)"
+)
+
 
 def load_file(
     path: Path,
@@ -18,15 +23,18 @@ def load_file(
     label_column: str = "label",
     feature_columns: Sequence[str] = (),
     num_classes: int = 0,
+    labels: Sequence[str] = (),
 ) -> ArrayDataset:
     """Load a labelled table or array file.
 
     Args:
         path: ``.csv``, ``.parquet`` / ``.pq`` or ``.npz`` file.
-        label_column: column holding integer class labels (tables only).
+        label_column: column holding the class labels (tables only).
         feature_columns: columns to use as features; all other columns when empty.
         num_classes: number of classes; inferred as ``max(label) + 1`` when 0. Labels are
             class indices so that every holder agrees on their meaning.
+        labels: the declared, public label set: labels are then these strings, and class ``i``
+            is ``labels[i]`` (:func:`encode_labels`); empty: labels are integer class indices.
 
     Raises:
         DataError: the file is missing, malformed, or has non-numeric / missing values.
@@ -37,14 +45,43 @@ def load_file(
     if suffix == ".npz":
         x, y = _read_npz(path)
     elif suffix in {".csv", ".parquet", ".pq"}:
-        x, y = _read_table(path, label_column, feature_columns)
+        x, y = _read_table(path, label_column, feature_columns, text_labels=bool(labels))
     else:
         raise DataError(f"unsupported data file type {suffix!r} for {path} (csv, parquet, npz)")
+    if labels:
+        return labelled(x, encode_labels(y, labels, path), len(labels), path)
     return labelled(x, y, num_classes, path)
 
 
+def encode_labels(values: np.ndarray, labels: Sequence[str], source: Path | str) -> np.ndarray:
+    """Class indices of string ``values`` in the order of the declared ``labels``.
+
+    The label set is public (the scenario declares it), never read from the data, so every
+    holder maps the same string to the same class.
+
+    Raises:
+        DataError: a value is missing or undeclared; the message names one undeclared value and
+            how many rows hold it (the holder's own terminal), not the other values.
+    """
+    series = pd.Series(values, dtype="string")
+    missing = int(series.isna().sum())
+    if missing:
+        raise DataError(f"{source}: {missing} row(s) have no label")
+    codes = pd.Index(list(labels), dtype="string").get_indexer(series)
+    undeclared = series[codes < 0]
+    if len(undeclared):
+        bad = str(undeclared.iloc[0])
+        others = undeclared.nunique() - 1
+        more = f"; {others} other undeclared value(s)" if others else ""
+        raise DataError(
+            f"{source}: label {bad!r} ({int((undeclared == bad).sum())} row(s)) is not among the "
+            f"{len(labels)} declared labels{more}"
+        )
+    return np.asarray(codes, dtype=np.int64)
+
+
 def _read_table(
-    path: Path, label_column: str, feature_columns: Sequence[str]
+    path: Path, label_column: str, feature_columns: Sequence[str], *, text_labels: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     try:
         frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
@@ -60,7 +97,11 @@ def _read_table(
         raise DataError(f"{path} lacks feature column(s) {', '.join(missing)}")
     if not features:
         raise DataError(f"{path} has no feature columns besides {label_column!r}")
-    for column in [*features, label_column]:
+    if text_labels:  # read as written: "1" stays "1", never 1.0
+        frame[label_column] = _raw_column(path, label_column, frame)
+    elif not pd.api.types.is_numeric_dtype(frame[label_column]):
+        raise DataError(f"{path}: label column {label_column!r} holds text; {DECLARE_LABELS}")
+    for column in features if text_labels else [*features, label_column]:
         if not pd.api.types.is_numeric_dtype(frame[column]):
             bad = frame[column][pd.to_numeric(frame[column], errors="coerce").isna()].iloc[0]
             raise DataError(f"{path}: column {column!r} is not numeric (e.g. value {bad!r})")
@@ -68,6 +109,13 @@ def _read_table(
         if nans:
             raise DataError(f"{path}: column {column!r} has {nans} missing value(s)")
     return frame[features].to_numpy(np.float32), frame[label_column].to_numpy()
+
+
+def _raw_column(path: Path, column: str, frame: pd.DataFrame) -> pd.Series:
+    if path.suffix.lower() != ".csv":
+        return frame[column].astype("string")
+    raw = pd.read_csv(path, usecols=[column], dtype={column: "string"})
+    return raw[column]
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +143,8 @@ def labelled(x: np.ndarray, y: np.ndarray, num_classes: int, path: Path | str) -
     """
     if len(x) == 0:
         raise DataError(f"{path} holds no examples")
+    if y.dtype.kind in "OSU":
+        raise DataError(f"{path}: labels are text; {DECLARE_LABELS}")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0):
         raise DataError(f"{path}: labels must be integer class indices, got dtype {y.dtype}")
     labels = y.astype(np.int64)

@@ -15,7 +15,7 @@ usual :class:`~fedsys.data.dataset.ArrayDataset`; the sequence models cast them 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fedsys.data.dataset import ArrayDataset
-from fedsys.data.files import labelled
+from fedsys.data.files import DECLARE_LABELS, encode_labels, labelled
 from fedsys.errors import DataError
 
 PAD_ID = 0
@@ -112,6 +112,7 @@ def load_text_file(
     max_length: int,
     tokenizer: str = "bytes",
     num_classes: int = 0,
+    labels: Sequence[str] = (),
 ) -> ArrayDataset:
     """A CSV or Parquet table's text column as token ids, with integer class labels.
 
@@ -122,6 +123,7 @@ def load_text_file(
         max_length: tokens kept per text (the model's sequence length).
         tokenizer: ``"bytes"`` or the path of a public tokenizer JSON file.
         num_classes: as in :func:`fedsys.data.files.load_file` (0: ``max(label) + 1``).
+        labels: the declared label set, as in :func:`fedsys.data.files.load_file`.
 
     Raises:
         DataError: the file, its columns or the tokenizer are missing or malformed.
@@ -139,11 +141,16 @@ def load_text_file(
     missing = int(texts.isna().sum())
     if missing:
         raise DataError(f"{path}: text column {text_column!r} has {missing} missing value(s)")
-    labels = frame[label_column]
-    if not pd.api.types.is_numeric_dtype(labels) or labels.isna().any():
-        raise DataError(f"{path}: label column {label_column!r} must hold integer class indices")
     ids = encode_texts([str(t) for t in texts], encoder, max_length=max_length)
-    return labelled(ids, labels.to_numpy(), num_classes, path)
+    if labels:
+        column = frame[label_column].astype("string").to_numpy()
+        return labelled(ids, encode_labels(column, labels, path), len(labels), path)
+    values = frame[label_column]
+    if not pd.api.types.is_numeric_dtype(values) or values.isna().any():
+        raise DataError(
+            f"{path}: label column {label_column!r} must hold integer class indices, or {DECLARE_LABELS}"
+        )
+    return labelled(ids, values.to_numpy(), num_classes, path)
 
 
 def _read_frame(path: Path) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import socket
 import stat
@@ -35,6 +36,28 @@ from fedsys.deploy.server import parse_address
 from fedsys.errors import ConfigError, DeploymentError
 
 log = logging.getLogger("fedsys")
+# Per-message lines, several for every exchange of every round: kept in the node's log file
+# (supernode.log, which benchmarks/deploy_latency.py times stages from), left off the console.
+_PER_MESSAGE = re.compile(
+    r"^\[supernode\] (?:\x1b\[[0-9;]*m)?INFO\s*(?:\x1b\[[0-9;]*m)?:\s*"
+    r"(?:$|\[RUN \d+(?:, ROUND [^\]]*)?\]$|Receiving: |Received successfully|Sending: |Sent successfully)"
+    r"|^\[gate\] .* INFO fedsys\.deploy: run \d+"
+    r"(?: task \d+: app FAB \w+ is approved$|: \S+ task answered in )"
+)
+
+
+def concise(sink: Sink) -> Sink:
+    """``sink`` without the per-message lines of the SuperNode and the app gate.
+
+    What stays on the console for a run: start-up, one line per round from the node, warnings,
+    refusals and errors; the node's log file keeps every line.
+    """
+
+    def write(line: str) -> None:
+        if not _PER_MESSAGE.search(line):
+            sink(line)
+
+    return write
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,7 @@ class ClientOptions:
     min_cohort: int = 2
     max_rounds_per_run: int = 0  # 0: no limit
     share_epsilon: bool = False
+    share_evaluation: str = "secure"  # secure | plain | none: where federated-evaluation sums may go
     dataset_name: str = "default"  # the budget key in the ledger: one budget per declared data set
     feature_range: str = ""  # public range of the data's values: "LO,HI", a .csv table, or "none"
     peers: Path | None = None  # the other holders' identity public keys, checked out of band
@@ -89,6 +113,11 @@ def node_config(options: ClientOptions) -> str:
     values["require-secagg"] = str(options.require_secagg).lower()
     values["min-cohort"] = int(options.min_cohort)
     values["share-epsilon"] = str(options.share_epsilon).lower()
+    if options.share_evaluation not in ("secure", "plain", "none"):
+        raise ConfigError(
+            f"--share-evaluation must be secure, plain or none, got {options.share_evaluation!r}"
+        )
+    values["share-evaluation"] = options.share_evaluation
     if options.max_rounds_per_run:
         values["max-rounds-per-run"] = int(options.max_rounds_per_run)
     # SecAgg+ against a malicious server: the node-auth key doubles as the holder's signing identity
@@ -192,7 +221,7 @@ def start_client(options: ClientOptions, sink: Sink) -> int:
     write_private(secret_file, secrets.token_bytes(32), force=True)  # fresh per start
     port = options.runtime_port or free_port()
     env = flower_env(home / "flwr-home")
-    with Supervisor(home / "supernode.log", sink) as supervisor:
+    with Supervisor(home / "supernode.log", concise(sink)) as supervisor:
         if options.insecure:
             supervisor.emit("fedsys", "WARNING: --insecure: the connection to the SuperLink is not encrypted")
         for warning in notes:

@@ -11,6 +11,7 @@ import typer
 certs_app = typer.Typer(help="Create the federation's CA, the SuperLink certificate and node keys.")
 server_app = typer.Typer(help="Operator: run the SuperLink and submit runs to it.")
 client_app = typer.Typer(help="Data holder: run a SuperNode that trains on local data.")
+demo_app = typer.Typer(help="Try fedsys end to end on this machine, with sample data.")
 
 _STATE = typer.Option(help="SuperLink state directory (database, logs, flwr connection, runs).")
 
@@ -20,6 +21,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(certs_app, name="certs", no_args_is_help=True)
     app.add_typer(server_app, name="server", no_args_is_help=True)
     app.add_typer(client_app, name="client", no_args_is_help=True)
+    app.add_typer(demo_app, name="demo", no_args_is_help=True)
 
 
 def _echo(line: str) -> None:
@@ -145,6 +147,15 @@ def server_start(
             help="FAB hash of an app this SuperLink may run (repeatable; default: the installed fedsys)."
         ),
     ] = None,
+    pull_hold: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=25.0,
+            help="Seconds the Fleet proxy holds a SuperNode's empty pull until a message arrives "
+            "(0: answer at once; each then waits 3 s before its next pull).",
+        ),
+    ] = 20.0,
 ) -> None:
     """Run the SuperLink in the foreground: TLS, node authentication, persistent state, approved apps only."""
     from fedsys.cli import guarded
@@ -160,6 +171,7 @@ def server_start(
             address=address,
             insecure=insecure,
             local_port=local_port,
+            pull_hold=pull_hold,
         )
         return start_server(options, _echo)
 
@@ -259,6 +271,13 @@ def client_start(
     share_epsilon: Annotated[
         bool, typer.Option(help="Tell the server this holder's cumulative ε (it reveals the data size).")
     ] = False,
+    share_evaluation: Annotated[
+        str,
+        typer.Option(
+            help="Where this holder's federated-evaluation sums may go: secure (only inside SecAgg+), "
+            "plain (also in plaintext replies) or none."
+        ),
+    ] = "secure",
     dataset_name: Annotated[
         str, typer.Option(help="Name of this data set, its budget's key (keep it when the data changes).")
     ] = "default",
@@ -306,6 +325,7 @@ def client_start(
             min_cohort=min_cohort,
             max_rounds_per_run=max_rounds_per_run,
             share_epsilon=share_epsilon,
+            share_evaluation=share_evaluation,
             dataset_name=dataset_name,
             peers=peers,
             require_malicious_secagg=require_malicious_secagg,
@@ -322,3 +342,26 @@ def client_app_hash() -> None:
     from fedsys.deploy.app import build_app
 
     typer.echo(guarded(build_app).fab_hash)
+
+
+@demo_app.command("deploy")
+def demo_deploy(
+    rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 2,
+    holders: Annotated[int, typer.Option(help="Data holders (SuperNodes): 2 or 3.")] = 2,
+    out: Annotated[
+        Path | None, typer.Option(help="Empty directory for everything (default: a new temporary one).")
+    ] = None,
+    secagg: Annotated[bool, typer.Option("--secagg/--no-secagg", help="SecAgg+ on (default) or off.")] = True,
+) -> None:
+    """Start a TLS SuperLink and data holders on loopback with sample data, run, stop everything."""
+    from fedsys.cli import guarded
+    from fedsys.deploy.demo import DemoOptions, run_demo
+
+    def _run() -> None:
+        result = run_demo(DemoOptions(out=out, holders=holders, rounds=rounds, secagg=secagg), _echo)
+        _echo(
+            f"demo finished in {result.seconds:.0f} s; run directory (metrics.jsonl, model.pt, summary.json):"
+        )
+        typer.echo(str(result.run_dir))
+
+    guarded(_run)

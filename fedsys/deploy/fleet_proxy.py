@@ -9,6 +9,15 @@ authentication travels in headers, which are forwarded unchanged) and answers ev
 else with 403 itself, so the Control and Runtime APIs, ``/docs`` and ``/health`` are not
 reachable from the network at all.
 
+An empty ``pull-messages`` answer is held back (long polling): Flower 1.41's SuperNode sleeps a
+fixed 3 s after every pull that finds no message (``time.sleep(3)`` in
+``flwr/supernode/start_client_internal.py``, not configurable), so every exchange of a round
+waited up to 3 s for the next pull. The proxy instead repeats the node's pull against the
+loopback SuperLink every ``pull_poll`` seconds, for up to ``pull_hold`` seconds, and answers as
+soon as a message is there (or the hold ends, or the node hangs up). A repeated pull is the same
+signed request (node auth signs a timestamp that Flower accepts for 300 s) and an empty pull
+changes nothing in the SuperLink's state.
+
 Assumptions: the SuperLink runs with ``--enable-supernode-auth`` (so Fleet
 ``register-node`` is refused by Flower and only allowlisted keys may activate); the
 loopback interface is reachable only by the operator's host (its local users are trusted
@@ -17,9 +26,11 @@ as much as the state directory's owner).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +48,10 @@ FLEET_PATH = re.compile(r"^/v1/fleet/[a-z][a-z0-9-]{0,63}$")
 REFUSAL = b"fedsys: only the Fleet API (POST /v1/fleet/*) is served on this address\n"
 # Flower splits arrays into 5 MiB chunks (FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE); leave ample headroom.
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+PULL_PATH = "/v1/fleet/pull-messages"
+# Held well below the SuperNode's 30 s request timeout (flwr ProtobufClient's default).
+DEFAULT_PULL_HOLD = 20.0
+DEFAULT_PULL_POLL = 0.05
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -71,6 +86,8 @@ class ProxySettings:
     upstream_ca: str | None  # CA to verify the SuperLink's certificate; None: plain HTTP upstream
     max_body: int = DEFAULT_MAX_BODY
     read_timeout: float = 120.0
+    pull_hold: float = DEFAULT_PULL_HOLD  # 0: answer empty pulls at once, as the SuperLink does
+    pull_poll: float = DEFAULT_PULL_POLL
 
 
 def is_forwarded(method: str, path: str, raw_path: bytes | None) -> bool:
@@ -117,7 +134,38 @@ class FleetProxy:
             log.warning("refused %s %s from %s: body over %d bytes or cut off", method, path, client, limit)
             await _answer(send, 413, b"fedsys: request body too large or incomplete\n")
             return
-        await self._forward(path, _request_headers(scope, client), body, send)
+        headers = _request_headers(scope, client)
+        if path == PULL_PATH and self.settings.pull_hold > 0:
+            await self._forward_held(path, headers, body, send, receive)
+            return
+        await self._forward(path, headers, body, send)
+
+    async def _forward_held(
+        self, path: str, headers: list[tuple[str, str]], body: bytes, send: Send, receive: Receive
+    ) -> None:
+        """Repeat an empty pull until a message is there, the hold ends or the node hangs up."""
+        deadline = time.monotonic() + self.settings.pull_hold
+        gone = asyncio.ensure_future(receive())  # the body is read: the next event is a disconnect
+        try:
+            while True:
+                try:
+                    response = await self._client.send(
+                        self._client.build_request("POST", path, headers=headers, content=body), stream=True
+                    )
+                except httpx.HTTPError as err:
+                    log.warning("the SuperLink did not answer %s: %s", path, err)
+                    await _answer(send, 502, b"fedsys: the SuperLink is not reachable\n")
+                    return
+                try:
+                    raw = b"".join([chunk async for chunk in response.aiter_raw()])
+                finally:
+                    await response.aclose()
+                if not _keep_waiting(response, raw, deadline, self.settings.pull_poll) or gone.done():
+                    break
+                await asyncio.sleep(self.settings.pull_poll)
+            await _send_response(send, response, raw)
+        finally:
+            gone.cancel()
 
     async def _forward(self, path: str, headers: list[tuple[str, str]], body: bytes, send: Send) -> None:
         request = self._client.build_request("POST", path, headers=headers, content=body)
@@ -128,11 +176,7 @@ class FleetProxy:
             await _answer(send, 502, b"fedsys: the SuperLink is not reachable\n")
             return
         try:
-            kept = [
-                (k.lower().encode("latin-1"), v.encode("latin-1"))
-                for k, v in response.headers.multi_items()
-                if k.lower() not in _HOP_BY_HOP or k.lower() == "content-length"  # raw bytes: length holds
-            ]
+            kept = _kept(response)
             await send({"type": "http.response.start", "status": response.status_code, "headers": kept})
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -212,6 +256,26 @@ def _request_headers(scope: Scope, client: str) -> list[tuple[str, str]]:
 def _client_host(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
+
+
+def _keep_waiting(response: httpx.Response, raw: bytes, deadline: float, poll: float) -> bool:
+    """True for an empty, successful pull with time left (an empty protobuf message is 0 bytes)."""
+    plain = "content-encoding" not in response.headers
+    return response.status_code == 200 and plain and raw == b"" and time.monotonic() + poll < deadline
+
+
+async def _send_response(send: Send, response: httpx.Response, raw: bytes) -> None:
+    await send({"type": "http.response.start", "status": response.status_code, "headers": _kept(response)})
+    await send({"type": "http.response.body", "body": raw, "more_body": False})
+
+
+def _kept(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    """The SuperLink's response headers, less hop-by-hop ones (raw bytes: content-length holds)."""
+    return [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in response.headers.multi_items()
+        if k.lower() not in _HOP_BY_HOP or k.lower() == "content-length"
+    ]
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:

@@ -85,7 +85,7 @@ class Supervisor:
         line = f"[{name}] {text.rstrip()}"
         with self._lock:
             self.sink(line)
-            self._log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+            self._log.write(f"{_timestamp()} {line}\n")
 
     def run_until_exit(self) -> int:
         """Block until a signal arrives or a child exits; then stop all. Returns an exit code."""
@@ -154,6 +154,12 @@ def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra or {})
     return env
+
+
+def _timestamp() -> str:
+    """Local time with milliseconds (the latency benchmark times message stages from the log)."""
+    now = time.time()
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d}"
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

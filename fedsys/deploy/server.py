@@ -96,6 +96,7 @@ class ServerOptions:
     insecure: bool = False
     ready_timeout: float = 60.0
     local_port: int = 0  # loopback port of the SuperLink (Control, Runtime API); 0: any free one
+    pull_hold: float | None = None  # seconds the proxy holds an empty pull (None: its default)
 
     @property
     def local_address(self) -> str:
@@ -170,6 +171,8 @@ def proxy_argv(options: ServerOptions) -> list[str]:
     """The public Fleet-only proxy's command line (``options.address`` -> the loopback SuperLink)."""
     argv = [sys.executable, "-m", "server.proxy", "--listen", options.address]
     argv += ["--upstream", options.local_address]
+    if options.pull_hold is not None:
+        argv += ["--pull-hold", str(options.pull_hold)]
     if options.insecure:
         return [*argv, "--insecure"]
     paths = _cert_paths(options.certs)

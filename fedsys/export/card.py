@@ -182,7 +182,9 @@ def _data_section(card: CardInputs) -> str:
         local = f"{train.local_steps} local steps"
     lines = ["## Data and training\n"]
     if cfg.dataset == "node":
-        lines.append("- data: each data holder's own data set (deployment); the server held none")
+        seen = card.summary.get("clients-seen")
+        holders = f"; {seen} holder(s) seen over the run" if isinstance(seen, int) else ""
+        lines.append(f"- data: each data holder's own data set (deployment); the server held none{holders}")
     else:
         lines += [
             f"- data set: `{cfg.dataset}` (simulation, seed {cfg.seed})",

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -139,6 +140,25 @@ def _local_update(
     return np.concatenate([(trained[k] - global_arrays[k]).astype(np.float64).ravel() for k in names])
 
 
+def canary_update(
+    config: RunConfig, settings: HolderSettings, names: list[str]
+) -> NDArray[np.float64] | None:
+    """Simulation only (``fedsys audit``, client level): a canary client's fixed update; else None.
+
+    An included canary slot sends its secret unit direction scaled to ``dp.max-grad-norm``
+    instead of training (:mod:`fedsys.audit.client_canaries`); it is then clipped, encoded,
+    noised and masked like every other update. A real holder never plays a canary: it is not
+    a virtual client, and the file comes only from the holder's own settings (a server-sent
+    ``audit-client-canaries`` is dropped by :func:`fedsys.node.handlers.server_config`).
+    """
+    if not (settings.simulated and config.audit_client_canaries) or settings.partition_id is None:
+        return None
+    from fedsys.audit.client_canaries import canary_direction
+
+    direction = canary_direction(Path(config.audit_client_canaries), settings.partition_id, names)
+    return None if direction is None else direction * config.dp.max_grad_norm
+
+
 def distributed_update(
     config: RunConfig,
     settings: HolderSettings,
@@ -185,7 +205,9 @@ def distributed_update(
         sampling, rounding, noise = _generators(config, settings, server_round)
         seed = rotation_seed(run_id, server_round)
         if config.dp.level == "client":
-            delta = _local_update(model, data, config, global_arrays, names, sampling)
+            delta = canary_update(config, settings, names)
+            if delta is None:
+                delta = _local_update(model, data, config, global_arrays, names, sampling)
             encoded = encode_client_update(delta, enc, rotation_seed=seed, rng=rounding, noise_rng=noise)
         else:
             batch = poisson_sample(len(data.train), sample_rate, sampling)

@@ -12,7 +12,13 @@ from fedsys.config import RunConfig
 from fedsys.errors import FedsysError, ProtocolError
 from fedsys.node.policy import HolderPolicy, Refusal, check_request
 from fedsys.node.settings import HolderSettings, holder_settings, is_virtual_node
-from fedsys.node.update import compute_update, shareable_metrics, shares_size
+from fedsys.node.update import (
+    compute_update,
+    evaluate_global,
+    release_evaluation,
+    shareable_metrics,
+    shares_size,
+)
 from fedsys.wire import (
     ARRAYS,
     CONFIG,
@@ -26,7 +32,7 @@ from fedsys.wire import (
 )
 
 log = logging.getLogger("fedsys")
-_LOCAL_SECTIONS = ("budget.", "ledger-dir", "audit-canaries")
+_LOCAL_SECTIONS = ("budget.", "ledger-dir", "audit-canaries", "audit-client-canaries")
 
 
 def server_config(message: Message) -> tuple[RunConfig, int, str]:
@@ -37,10 +43,20 @@ def server_config(message: Message) -> tuple[RunConfig, int, str]:
     try:
         rnd, run_id = int(str(flat.pop("server-round"))), str(flat.pop("run-id"))
         flat.pop("partition-id", None)
+        flat.pop(EVALUATE_ONLY, None)
     except KeyError as err:
         raise ProtocolError(f"training request lacks {err}") from err
     scenario = {k: v for k, v in flat.items() if not k.startswith(_LOCAL_SECTIONS)}
     return RunConfig.from_mapping(scenario), rnd, run_id
+
+
+EVALUATE_ONLY = "evaluate-only"  # round-config flag of the final, evaluation-only exchange
+EVALUATE_ACTION = "fedsys_evaluate"  # the plaintext evaluation-only message: train.fedsys_evaluate
+
+
+def evaluate_only(message: Message) -> bool:
+    """Whether the server asks only to score the model it sends (no training, no budget)."""
+    return message.content.config_records[CONFIG].get(EVALUATE_ONLY) is True
 
 
 def assigned_partition(message: Message) -> int | None:
@@ -106,6 +122,27 @@ def admit_round(policy: HolderPolicy, context: Context) -> tuple[Refusal, str] |
     return None
 
 
+_SCORED = "fedsys-scoring"
+
+
+def admit_scoring(context: Context) -> tuple[Refusal, str] | None:
+    """Allow one scoring-only request per run (the final model's), counted at the holder.
+
+    Each request scores a model the server chooses on the holder's held-out records; without
+    ``evaluation.noise-multiplier`` its sums are exact, so a server must not be able to ask for
+    them as often as it likes. Training rounds carry their own evaluation and are limited by the
+    budget and ``max-rounds-per-run``; this caps the rest. Call it when the request is accepted.
+    """
+    record = context.state.config_records.get(_SCORED)
+    if record is not None and int(str(record["requests"])) >= 1:
+        return (
+            Refusal.EVALUATION_PRIVATE,
+            "this data holder scores at most one model per run outside training rounds",
+        )
+    context.state.config_records[_SCORED] = ConfigRecord({"requests": 1})
+    return None
+
+
 Handler = Callable[[Message, Context, Mapping[str, Any]], Message]
 
 
@@ -142,12 +179,16 @@ def train(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
     update = compute_update(
         config, settings, require_arrays(message, ARRAYS), server_round=rnd, run_id=run_id
     )
-    log.info("round %d: local metrics %s", rnd, update.metrics)
+    log.info("round %d: trained; epsilon now %s", rnd, update.metrics.get("epsilon", "-"))
+    log.debug("round %d: local metrics %s", rnd, update.metrics)
     shared = shareable_metrics(
         update, dp_enabled=config.dp.enabled, secure=False, share_epsilon=settings.policy.share_epsilon
     )
     if update.status != "ok":
         return decline(message, Refusal.BUDGET, budget_reason(settings, update.reason), metrics=shared)
+    if update.evaluation is not None and settings.policy.share_evaluation == "plain":
+        released = release_evaluation(update.evaluation, config, settings, server_round=rnd, run_id=run_id)
+        shared.update(released.to_metrics() if released is not None else {})  # type: ignore[arg-type]
     if shares_size(dp_enabled=config.dp.enabled, share_epsilon=settings.policy.share_epsilon):
         # capped at the public max-weight, as under SecAgg+; else the server weights it as 1
         shared["num-examples"] = min(update.num_examples, config.secagg.max_weight)
@@ -156,3 +197,22 @@ def train(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
         {METRICS: metrics, STATUS: status_record(update.status), ARRAYS: to_record(update.delta)}
     )
     return Message(content, reply_to=message)
+
+
+def evaluate(message: Message, context: Context, local: Mapping[str, Any]) -> Message:
+    """Score the global model on the local test split and reply with its sums, in plaintext: only
+    a holder whose policy is ``share-evaluation = "plain"`` answers; the others decline."""
+    server, rnd, run_id = server_config(message)
+    config, settings = local_settings(context, server, local, message)
+    refusal = check_request(settings.policy, config, server_round=rnd, secure=False, evaluate_only=True)
+    if refusal is None:
+        refusal = admit_scoring(context)
+    if refusal is not None:
+        return decline(message, *refusal)
+    exact = evaluate_global(config, settings, require_arrays(message, ARRAYS))
+    sums = release_evaluation(exact, config, settings, server_round=rnd, run_id=run_id)
+    if sums is None:
+        return decline(message, Refusal.BUDGET, "the evaluation's noise would exceed this holder's budget")
+    log.info("final evaluation: %d of %d correct", sums.correct, sums.examples)
+    metrics = MetricRecord(sums.to_metrics())  # type: ignore[arg-type]
+    return Message(RecordDict({METRICS: metrics, STATUS: status_record("ok")}), reply_to=message)

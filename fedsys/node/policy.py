@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal, get_args
 
 from fedsys.config import RunConfig
 from fedsys.errors import ConfigError
@@ -30,6 +31,10 @@ class Refusal(StrEnum):
     TOO_MANY_ROUNDS = "policy-too-many-rounds"
     MODEL_NOT_ALLOWED = "policy-model-not-allowed"
     DATA = "data-error"
+    EVALUATION_PRIVATE = "policy-evaluation-private"
+
+
+ShareEvaluation = Literal["secure", "plain", "none"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ class HolderPolicy:
         allowed_models: The ``package.module:factory`` models this holder lets a run build (the
             holder imports that module, which runs its code); built-in zoo names are always
             allowed. None allows any: only for simulation, where the scenario plays every holder.
+        share_evaluation: Where this holder's federated-evaluation sums (correct, examples, loss,
+            confusion counts of the model it is sent, on its held-out split) may go: ``"secure"``
+            only inside a SecAgg+ sum, ``"plain"`` also in a plaintext reply, ``"none"`` nowhere
+            (it contributes zeros to a secure sum).
     """
 
     require_dp: bool = False
@@ -59,8 +68,13 @@ class HolderPolicy:
     max_rounds_per_run: int | None = None
     share_epsilon: bool = True
     allowed_models: frozenset[str] | None = None
+    share_evaluation: ShareEvaluation = "plain"
 
     def __post_init__(self) -> None:
+        if self.share_evaluation not in get_args(ShareEvaluation):
+            raise ConfigError(
+                f"node config share-evaluation must be secure, plain or none, got {self.share_evaluation!r}"
+            )
         if self.min_cohort < 1:
             raise ConfigError(f"node config min-cohort must be >= 1, got {self.min_cohort}")
         if self.max_rounds_per_run is not None and self.max_rounds_per_run < 1:
@@ -75,6 +89,7 @@ POLICY_KEYS = (
     "max-rounds-per-run",
     "share-epsilon",
     "allow-models",
+    "share-evaluation",
 )
 
 # A holder that names no policy in deployment gets these: DP whenever it has a finite
@@ -114,6 +129,7 @@ def deployment_policy(
         allowed_models=frozenset(
             ref.strip() for ref in str(node_config.get("allow-models", "")).split(",") if ref.strip()
         ),
+        share_evaluation=str(node_config.get("share-evaluation", "secure")).strip().lower(),  # type: ignore[arg-type]
     )
 
 
@@ -125,6 +141,7 @@ def check_request(
     secure: bool,
     cohort: int = 1,
     threshold: int = 1,
+    evaluate_only: bool = False,
 ) -> tuple[Refusal, str] | None:
     """Check a server's request against the holder's policy; reads no data.
 
@@ -135,6 +152,8 @@ def check_request(
         secure: Whether the update would travel masked (SecAgg+) rather than in the clear.
         cohort: The number of clients the server says take part in the secure sum.
         threshold: The SecAgg+ threshold: fewest surviving clients whose sum can be released.
+        evaluate_only: The request only scores a model (no training, no budget): the round limit
+            does not apply, but the evaluation must be one the holder shares this way.
 
     Returns:
         None to proceed, else the refusal code and a one-line reason.
@@ -160,8 +179,13 @@ def check_request(
             f"this data holder releases only sums of >= {policy.min_cohort} clients; "
             f"the round could release a sum of {released}"
         )
+    if evaluate_only and (
+        policy.share_evaluation == "none" or not (secure or policy.share_evaluation == "plain")
+    ):
+        where = "nowhere" if policy.share_evaluation == "none" else "only inside SecAgg+"
+        return Refusal.EVALUATION_PRIVATE, f"this data holder shares evaluation sums {where}"
     limit = policy.max_rounds_per_run
-    if limit is not None and max(server_round, config.num_rounds) > limit:
+    if not evaluate_only and limit is not None and max(server_round, config.num_rounds) > limit:
         return Refusal.TOO_MANY_ROUNDS, (
             f"this data holder takes part in at most {limit} rounds per run; "
             f"the run asks for {config.num_rounds} (round {server_round})"

@@ -24,12 +24,28 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsys.config import RunConfig
 from fedsys.errors import FedsysError, ProtocolError
+from fedsys.evaluation import EvaluationSums, empty_sums, encode_section, section_length
 from fedsys.models import flatten
-from fedsys.node.handlers import admit_round, budget_reason, decline, local_settings, server_config
+from fedsys.node.handlers import (
+    admit_round,
+    admit_scoring,
+    budget_reason,
+    decline,
+    evaluate_only,
+    local_settings,
+    server_config,
+)
 from fedsys.node.pki import HolderPki, deployed_pki, simulated_pki
 from fedsys.node.policy import Refusal, check_request
 from fedsys.node.settings import HolderSettings
-from fedsys.node.update import compute_update, precheck_budget, shareable_metrics
+from fedsys.node.update import (
+    compute_update,
+    evaluate_global,
+    local_data,
+    precheck_budget,
+    release_evaluation,
+    shareable_metrics,
+)
 from fedsys.secagg import (
     ConsistencyRequest,
     MaskedInputRequest,
@@ -125,7 +141,10 @@ def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
     config, settings = local_settings(context, server, local, message)
     request = SetupRequest.from_record(_request(message))
     cohort: dict[str, int] = {"cohort": len(request.neighbours) + 1, "threshold": request.threshold}
-    refusal = check_request(settings.policy, config, server_round=rnd, secure=True, **cohort)
+    scoring = evaluate_only(message)
+    refusal = check_request(
+        settings.policy, config, server_round=rnd, secure=True, evaluate_only=scoring, **cohort
+    )
     if refusal is not None:
         return decline(message, *refusal)
     pki, where = _setup_pki(settings, local) if config.secagg.mode == "malicious" else (None, {})
@@ -135,6 +154,11 @@ def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
             Refusal.NO_SECAGG_IDENTITY,
             "SecAgg+ against a malicious server needs this holder's identity key and peers file",
         )
+    if scoring:  # scores a model: no training, no budget, not one of the run's rounds
+        refusal = admit_scoring(context)
+        if refusal is not None:
+            return decline(message, *refusal)
+        return _advertise(message, context, request, pki, where, {**cohort, _SCORING: 1})
     if (config.dp.mode == "distributed") != request.integer_input:
         raise ProtocolError(
             f"dp.mode {config.dp.mode!r} does not match the secagg setup "
@@ -152,15 +176,30 @@ def setup(message: Message, context: Context, local: Mapping[str, Any]) -> Messa
     refusal = admit_round(settings.policy, context)
     if refusal is not None:
         return decline(message, *refusal)
+    return _advertise(message, context, request, pki, where, {**cohort, _SCORING: 0})
+
+
+_SCORING = "evaluate-only"
+
+
+def _advertise(
+    message: Message,
+    context: Context,
+    request: SetupRequest,
+    pki: HolderPki | None,
+    where: Mapping[str, Any],
+    round_state: Mapping[str, int],
+) -> Message:
+    """Accept the setup: fresh keys, and what later stages must re-check, kept in the holder's state."""
     _forget_round(context)  # whatever an unfinished earlier round left
     if pki is None:
         client = SecAggClient(request.recipient)
     else:
         client = SecAggClient(request.recipient, identity=pki.identity, trusted_peers=pki.trusted)
-        context.state.config_records[_PKI_STATE] = ConfigRecord(where)
+        context.state.config_records[_PKI_STATE] = ConfigRecord(dict(where))
     reply = client.advertise_keys(request)
     _save(context, client)
-    context.state.config_records[_POLICY_STATE] = ConfigRecord(dict(cohort.items()))
+    context.state.config_records[_POLICY_STATE] = ConfigRecord(dict(round_state.items()))
     return _reply(message, reply.to_record())
 
 
@@ -182,11 +221,18 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
     server, rnd, run_id = server_config(message)
     config, settings = local_settings(context, server, local, message)
     cohort = {k: int(str(v)) for k, v in context.state.config_records[_POLICY_STATE].items()}
-    refusal = check_request(settings.policy, config, server_round=rnd, secure=True, **cohort)
+    scoring = bool(cohort.pop(_SCORING, 0))
+    if scoring != evaluate_only(message):  # before any record is read or budget spent
+        raise ProtocolError("the mask request and this round's setup disagree on evaluate-only")
+    refusal = check_request(
+        settings.policy, config, server_round=rnd, secure=True, evaluate_only=scoring, **cohort
+    )
     if refusal is not None:
         raise ProtocolError(f"the mask request breaks this holder's policy: {refusal[1]}")
     request = MaskedInputRequest.from_record(_request(message))
     global_arrays = require_arrays(message, ARRAYS)
+    if scoring:
+        return _mask_evaluation(message, context, client, request, global_arrays, config, settings)
     integer = client.setup is not None and client.setup.integer_input
     if (config.dp.mode == "distributed") != integer:  # before any record is read or budget spent
         raise ProtocolError(f"dp.mode {config.dp.mode!r} at the mask stage does not match this round's setup")
@@ -195,6 +241,7 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
     # Before any record is read: a request that cannot complete must not cost budget. The weight
     # is clamped with the max-weight agreed at setup, not with what this message's config says.
     max_weight = client.admit_masked_input(request, vector_length=sum(a.size for a in global_arrays.values()))
+    num_classes = _check_section(client, config, settings)
     update = compute_update(config, settings, global_arrays, server_round=rnd, run_id=run_id)
     if update.status != "ok":  # the budget changed since setup (e.g. another run): drop out
         raise ProtocolError(
@@ -202,7 +249,15 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
         )
     weight = float(min(update.num_examples, max_weight))
     rng = _rounding_rng(config.seed, settings.partition_id, rnd)
-    reply = client.mask_input(request, update=flatten(update.delta), weight=weight, rng=rng)
+    extra = None
+    if num_classes and client.setup is not None:
+        released = None
+        if update.evaluation is not None and settings.policy.share_evaluation != "none":
+            released = release_evaluation(
+                update.evaluation, config, settings, server_round=rnd, run_id=run_id
+            )
+        extra = _section(released, num_classes, settings, ring_bits=client.setup.ring_bits)
+    reply = client.mask_input(request, update=flatten(update.delta), weight=weight, rng=rng, extra=extra)
     if client.num_clipped:
         log.warning(
             "secagg: %d of %d update coordinates were clipped to +-%g (raise secagg.clip-range)",
@@ -211,12 +266,66 @@ def mask(message: Message, context: Context, local: Mapping[str, Any]) -> Messag
             config.secagg.clip_range,
         )
     _save(context, client)
-    log.info("round %d: local metrics %s", rnd, update.metrics)
+    log.info("round %d: trained; epsilon now %s", rnd, update.metrics.get("epsilon", "-"))
+    log.debug("round %d: local metrics %s", rnd, update.metrics)
     shared = shareable_metrics(
         update, dp_enabled=config.dp.enabled, secure=True, share_epsilon=settings.policy.share_epsilon
     )
     masked = to_record({"masked-input": reply.masked_input})
     return _reply(message, reply.to_record(), **{MASKED: masked, METRICS: MetricRecord(dict(shared.items()))})
+
+
+def _check_section(client: SecAggClient, config: RunConfig, settings: HolderSettings) -> int:
+    """The number of classes an evaluation section the setup asks for must cover (0: none asked);
+    checked before any training, so a request that cannot complete costs no budget."""
+    setup = client.setup
+    if setup is None or not setup.extra_length:
+        return 0
+    classes = local_data(config, settings).test.num_classes
+    if setup.extra_length != section_length(classes):
+        raise ProtocolError(
+            f"the round appends {setup.extra_length} coordinates; an evaluation section of "
+            f"{classes} classes has {section_length(classes)}"
+        )
+    return classes
+
+
+def _section(
+    sums: EvaluationSums | None, num_classes: int, settings: HolderSettings, *, ring_bits: int
+) -> np.ndarray:
+    """This holder's evaluation section in the round's ring: its sums, or zeros when its policy keeps
+    them (``share-evaluation = "none"``); SecAgg+ hides either among the cohort's sum."""
+    if sums is None or settings.policy.share_evaluation == "none":
+        sums = empty_sums(num_classes)
+    return encode_section(sums, ring_bits=ring_bits)
+
+
+def _mask_evaluation(
+    message: Message,
+    context: Context,
+    client: SecAggClient,
+    request: MaskedInputRequest,
+    global_arrays: dict[str, np.ndarray],
+    config: RunConfig,
+    settings: HolderSettings,
+) -> Message:
+    """Stage 3 of the final, evaluation-only round: mask the global model's evaluation sums (an
+    integer-input round whose whole vector is the section); nothing is trained or charged."""
+    setup = client.setup
+    if setup is None or not setup.integer_input:
+        raise ProtocolError("an evaluation-only secagg round needs integer inputs")
+    client.admit_masked_input(request, vector_length=setup.vector_length)
+    exact = evaluate_global(config, settings, global_arrays)
+    classes = exact.confusion.shape[0]
+    if section_length(classes) != setup.vector_length:
+        raise ProtocolError(f"an evaluation section has {section_length(classes)} coordinates")
+    _, rnd, run_id = server_config(message)
+    sums = release_evaluation(exact, config, settings, server_round=rnd, run_id=run_id)
+    section = _section(sums, classes, settings, ring_bits=setup.ring_bits)
+    reply = client.mask_integer_input(request, encoded=section)
+    _save(context, client)
+    masked = to_record({"masked-input": reply.masked_input})
+    return _reply(message, reply.to_record(), **{MASKED: masked})
 
 
 def _mask_distributed(

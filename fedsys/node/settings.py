@@ -39,6 +39,7 @@ NODE_KEYS = {
     "min-cohort": str,
     "max-rounds-per-run": str,
     "share-epsilon": str,
+    "share-evaluation": str,  # secure | plain | none: where federated-evaluation sums may go
     "allow-models": str,  # comma-separated package.module:factory models the holder lets a run import
 }
 _SIMULATION_KEYS = {"partition-id", "num-partitions"}

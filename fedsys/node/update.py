@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import secrets
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 from fedsys.config import Accountant, FeatureRange, RunConfig
 from fedsys.data import ClientData, holder_client_data, simulated_client_data
 from fedsys.errors import BudgetExceededError, ConfigError, ModelError
+from fedsys.evaluation import EvaluationSums, add_noise, evaluation_sums
 from fedsys.models import build_model, load_weights, to_arrays
 from fedsys.node.settings import HolderSettings
 from fedsys.privacy import (
@@ -28,6 +31,8 @@ from fedsys.privacy.budget import budget_epsilon, grant_steps
 from fedsys.privacy.dpsgd import entropy_generator
 from fedsys.training import evaluate, planned_steps, resolve_device, train_plain
 
+log = logging.getLogger("fedsys")
+
 
 @dataclass(frozen=True)
 class LocalUpdate:
@@ -38,6 +43,7 @@ class LocalUpdate:
     num_examples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    evaluation: EvaluationSums | None = None  # the global model's sums on the local test split
 
 
 _DP_SAFE = ("epsilon", "steps", "truncated")
@@ -128,6 +134,7 @@ def compute_update(
     model = build_model(config.model, data.train.feature_shape, data.train.num_classes, fix=config.fix_model)
     load_weights(model, global_arrays, source="server")
     before = evaluate(model, data.test, device=device)
+    sums = local_evaluation(model, data, config, device=device) if config.evaluation.federated else None
     model.train()  # evaluate() leaves eval mode; Opacus refuses a model that is not training
     metrics = {
         "eval-loss": before.loss,
@@ -150,7 +157,10 @@ def compute_update(
         except BudgetExceededError as err:
             _, spent = precheck_budget(config, settings)
             return LocalUpdate(
-                status="budget-exhausted", metrics={**metrics, "epsilon": spent}, reason=str(err)
+                status="budget-exhausted",
+                metrics={**metrics, "epsilon": spent},
+                reason=str(err),
+                evaluation=sums,
             )
     else:
         steps = planned_steps(
@@ -182,8 +192,84 @@ def compute_update(
                 f"(try a smaller train.lr than {config.train.lr})"
             )
     return LocalUpdate(
-        status="ok", delta=delta, num_examples=len(data.train), metrics={**metrics, **train_metrics}
+        status="ok",
+        delta=delta,
+        num_examples=len(data.train),
+        metrics={**metrics, **train_metrics},
+        evaluation=sums,
     )
+
+
+def local_evaluation(
+    model: torch.nn.Module, data: ClientData, config: RunConfig, *, device: torch.device
+) -> EvaluationSums:
+    """The federated-evaluation sums of ``model`` on the local test split (at most
+    ``secagg.max-weight`` records, each loss clipped to ``evaluation.loss-bound``)."""
+    return evaluation_sums(
+        model,
+        data.test,
+        device=device,
+        loss_bound=config.evaluation.loss_bound,
+        max_examples=int(config.secagg.max_weight),
+    )
+
+
+def release_evaluation(
+    sums: EvaluationSums, config: RunConfig, settings: HolderSettings, *, server_round: int, run_id: str
+) -> EvaluationSums | None:
+    """The sums as they may leave this holder: exact, or with ``evaluation.noise-multiplier`` z > 0
+    the Gaussian mechanism's output, charged first (write-ahead) to the holder's ledger as one
+    release of multiplier z at sampling rate 1. None when the budget cannot pay for it.
+    """
+    z = config.evaluation.noise_multiplier
+    if z <= 0:
+        return sums
+    data = local_data(config, settings)
+    ledger = _ledger(settings)
+    try:
+        try:
+            reservation = ledger.reserve_within_budget(
+                budget_key=settings.dataset_name,
+                fingerprint=fingerprint_dataset(data.train.x, data.train.y),
+                run_id=run_id,
+                server_round=server_round,
+                noise_multiplier=z,
+                sample_rate=1.0,
+                steps=1,
+                budget=holder_budget(settings),
+            )
+        except BudgetExceededError as err:
+            log.warning("federated evaluation kept private: %s", err)
+            return None
+        noisy = add_noise(
+            sums,
+            noise_multiplier=z,
+            loss_bound=config.evaluation.loss_bound,
+            rng=_evaluation_rng(config, settings, server_round),
+        )
+        ledger.commit(reservation.entry_id, actual_steps=1, epsilon_after=reservation.epsilon_after)
+    finally:
+        ledger.close()
+    return noisy
+
+
+def _evaluation_rng(config: RunConfig, settings: HolderSettings, server_round: int) -> np.random.Generator:
+    """Noise for the released sums: fresh OS entropy at a real holder, reproducible in simulation."""
+    if not settings.simulated:
+        return np.random.default_rng(secrets.randbits(128))
+    digest = hashlib.sha256(f"eval/{config.seed}/{settings.partition_id}/{server_round}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def evaluate_global(
+    config: RunConfig, settings: HolderSettings, global_arrays: dict[str, np.ndarray]
+) -> EvaluationSums:
+    """Score the global model on the local test split only (the final, evaluation-only exchange)."""
+    data = local_data(config, settings)
+    device = resolve_device(settings.device if settings.device != "auto" else config.device)
+    model = build_model(config.model, data.train.feature_shape, data.train.num_classes, fix=config.fix_model)
+    load_weights(model, global_arrays, source="server")
+    return local_evaluation(model, data, config, device=device)
 
 
 def _noise_multiplier(config: RunConfig, settings: HolderSettings, num_examples: int) -> float:

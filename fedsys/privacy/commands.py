@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -325,6 +326,9 @@ def ledger_show(
     Totals are evaluated over each budget's whole history with its latest accountant and
     delta; open reservations count with their planned steps (fail closed). A budget whose
     data changed (more than one data fingerprint) is flagged; its spend still counts.
+
+    In a terminal (or with COLUMNS set) a table wider than the window is split into several, each
+    led by the entry id; piped or redirected, each entry stays on one line.
     """
     from fedsys.cli import guarded
 
@@ -357,54 +361,38 @@ def read_ledger(path: Path) -> tuple[list[LedgerEntry], list[LedgerSummary]]:
     return entries, totals
 
 
-def _print_ledger(path: Path, entries: list[LedgerEntry], totals: list[LedgerSummary]) -> None:
-    from rich.table import Table
+_RIGHT = {"id", "round", "steps", "σ", "q", "δ", "ε", "entries", "open", "data versions"}
 
-    table = Table(title=f"privacy ledger {path}")
-    columns = (
-        "id",
-        "budget",
-        "data",
-        "run",
-        "round",
-        "status",
-        "steps",
-        "σ",
-        "q",
-        "acct",
-        "δ",
-        "ε",
-        "reserved",
-    )
-    for name in columns:
-        table.add_column(name, justify="right" if name in {"id", "round", "steps", "σ", "q", "δ"} else "left")
-    table.add_column("committed")
+
+def _print_ledger(path: Path, entries: list[LedgerEntry], totals: list[LedgerSummary]) -> None:
+    # most telling first: where splitting is needed, the first table says what was spent when
+    columns = ["id", "run", "round", "status", "steps", "ε", "budget", "data", "σ", "q", "acct", "δ"]
+    rows = []
     for entry in entries:
         steps = (
             str(entry.steps) if entry.steps == entry.planned_steps else f"{entry.steps}/{entry.planned_steps}"
         )
-        table.add_row(
-            str(entry.id),
-            entry.budget_key,
-            entry.fingerprint[:8],
-            entry.run_id,
-            str(entry.round),
-            entry.status,
-            steps,
-            f"{entry.noise_multiplier:.4g}",
-            f"{entry.sample_rate:.4g}",
-            entry.accountant,
-            f"{entry.target_delta:g}",
-            f"{entry.epsilon_before:.3f} → {entry.epsilon_after:.3f}",
-            _short_time(entry.reserved_at),
-            _short_time(entry.committed_at),
+        rows.append(
+            [
+                str(entry.id),
+                entry.run_id,
+                str(entry.round),
+                entry.status,
+                steps,
+                f"{entry.epsilon_before:.3f} → {entry.epsilon_after:.3f}",
+                entry.budget_key,
+                entry.fingerprint[:8],
+                f"{entry.noise_multiplier:.4g}",
+                f"{entry.sample_rate:.4g}",
+                entry.accountant,
+                f"{entry.target_delta:g}",
+                _short_time(entry.reserved_at),
+                _short_time(entry.committed_at),
+            ]
         )
-    _print_wide(table)
-    summary = Table(title="total per budget (declared data set)")
-    for name in ("budget", "entries", "steps", "open", "ε", "accountant", "δ", "data versions"):
-        summary.add_column(name, justify="left" if name in {"budget", "accountant"} else "right")
-    for total in totals:
-        summary.add_row(
+    _print_fitted(f"privacy ledger {path}", [*columns, "reserved", "committed"], rows)
+    summary_rows = [
+        [
             total.budget_key,
             str(total.entries),
             str(total.steps),
@@ -413,8 +401,11 @@ def _print_ledger(path: Path, entries: list[LedgerEntry], totals: list[LedgerSum
             total.accountant,
             f"{total.target_delta:g}",
             f"{total.fingerprints} (changed)" if total.data_changed else str(total.fingerprints),
-        )
-    _print_wide(summary)
+        ]
+        for total in totals
+    ]
+    summary_columns = ["budget", "entries", "steps", "open", "ε", "accountant", "δ", "data versions"]
+    _print_fitted("total per budget (declared data set)", summary_columns, summary_rows)
     _print_notes(totals)
 
 
@@ -434,18 +425,48 @@ def _print_notes(totals: list[LedgerSummary]) -> None:
             )
 
 
-def _print_wide(table: Table) -> None:
-    """Fit ``table`` to a terminal; anywhere else (a pipe, a file) print it at its natural width."""
+def _print_fitted(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """Print a table no wider than the output: in a terminal or with ``COLUMNS`` set, a table too
+    wide for it is split into several, each repeating the first (key) column; anywhere else (a
+    pipe, a file) it is printed whole at its natural width, one line per row."""
+    from fedsys.cli import stdout
+
+    widths = [max([len(name), *(len(row[i]) for row in rows)]) + 3 for i, name in enumerate(columns)]
+    natural = 1 + sum(widths)
+    declared = os.environ.get("COLUMNS", "")
+    if declared.isdigit() and int(declared) > 0:
+        limit = int(declared)
+    else:
+        limit = stdout.width if stdout.is_terminal else max(stdout.width, natural)
+    groups: list[list[int]] = [[0]]
+    for index in range(1, len(columns)):
+        if len(groups[-1]) > 1 and 1 + sum(widths[i] for i in [*groups[-1], index]) > limit:
+            groups.append([0])
+        groups[-1].append(index)
+    for number, group in enumerate(groups):
+        part = f" ({number + 1}/{len(groups)})" if len(groups) > 1 else ""
+        _print_at(
+            _table(title + part, [columns[i] for i in group], [[r[i] for i in group] for r in rows]), limit
+        )
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in columns:
+        table.add_column(name, justify="right" if name in _RIGHT else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_at(table: Table, width: int) -> None:
     from rich.console import Console
-    from rich.measure import Measurement
 
     from fedsys.cli import stdout
 
-    if stdout.is_terminal:
-        stdout.print(table)
-        return
-    natural = Measurement.get(stdout, stdout.options.update_width(10_000), table).maximum
-    Console(file=stdout.file, width=max(stdout.width, natural)).print(table)
+    Console(file=stdout.file, width=width).print(table)
 
 
 def _short_time(stamp: str | None) -> str:

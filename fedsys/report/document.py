@@ -17,6 +17,7 @@ from fedsys.report.sweep import ComparisonRow, Spread
 REPORT_FILE = "report.md"
 NUMBERS_FILE = "report.json"
 COMPARISON_PLOT = "federated-vs-central.png"
+HOLDERS_OWN = "each holder's own"  # what a deployed run's server never learns
 PLOTS: dict[str, tuple[str, Callable[[Sequence[RunData], Path], bool]]] = {
     "accuracy.png": ("Accuracy per round", plots.plot_accuracy),
     "loss.png": ("Loss per round", plots.plot_loss),
@@ -27,7 +28,7 @@ PLOTS: dict[str, tuple[str, Callable[[Sequence[RunData], Path], bool]]] = {
 _UTILITY_COLUMNS = (
     ("run", "run"),
     ("data / model", "setup"),
-    ("clients (per round)", "clients"),
+    ("clients", "clients"),
     ("rounds", "rounds"),
     ("DP-SGD", "dp"),
     ("SecAgg+", "secagg"),
@@ -68,19 +69,23 @@ def key_numbers(run: RunData) -> dict[str, Any]:
     s = run.setting
     seconds = run.series("round-seconds")
     totals = [sum(int(r.get(k) or 0) for r in run.records) for k in plots.TOTAL_KEYS]
-    per_round = s("sampling.clients-per-round", 0) or f"{100 * s('sampling.fraction', 1.0):g}%"
     return {
         "run": run.name,
         "path": str(run.path),
         "setup": f"{s('dataset', '?')} / {s('model', '?')}",
-        "clients": f"{s('simulation.num-clients', '?')} ({per_round})",
-        "rounds": f"{len(run.records)}/{run.summary.get('rounds-planned', s('num-rounds', '?'))}",
+        "simulated": run.simulated,
+        "clients": _clients_cell(run),
+        "rounds": _rounds_cell(run),
+        "rounds-completed": run.rounds_with_status("ok"),
+        "rounds-abandoned": run.rounds_with_status("abandoned"),
         "private": run.private,
         "dp": _dp_cell(run),
+        "noise-multipliers": list(run.noise_multipliers()) if run.private else None,
         "secagg": "on" if s("secagg.enabled", False) else "off",
-        "budget-max-epsilon": s("budget.max-epsilon") if run.private else None,
-        "target-delta": s("budget.target-delta") if run.private else None,
-        "final-accuracy": run.last("accuracy"),
+        "budget-max-epsilon": holders_setting(run, "budget.max-epsilon") if run.private else None,
+        "target-delta": _target_delta(run) if run.private else None,
+        "final-accuracy": run.last("accuracy") if run.last("accuracy") is not None else _federated_final(run),
+        "final-accuracy-source": run.summary.get("final-accuracy-source"),
         "final-macro-f1": run.last("macro-f1"),
         "final-loss": run.last("loss"),
         "final-epsilon": run.final_epsilon() if run.private else None,
@@ -93,9 +98,45 @@ def key_numbers(run: RunData) -> dict[str, Any]:
             _fmt(_median(run.series(k)), ".2f")
             for k in ("train-seconds", "aggregate-seconds", "eval-seconds")
         ),
-        "device": s("device", "?"),
-        "resources": f"{s('simulation.num-cpus', '?')} / {s('simulation.num-gpus', '?')}",
+        "device": s("device", "?") if run.simulated else HOLDERS_OWN,
+        "resources": f"{s('simulation.num-cpus', '?')} / {s('simulation.num-gpus', '?')}"
+        if run.simulated
+        else HOLDERS_OWN,
     }
+
+
+def _clients_cell(run: RunData) -> str:
+    """The clients the run found and how many took part per round (from metrics.jsonl)."""
+    seen = run.clients_seen()
+    sampled = sorted({int(r["clients-sampled"]) for r in run.records if "clients-sampled" in r})
+    per_round = (
+        "–" if not sampled else str(sampled[0]) if len(sampled) == 1 else f"{sampled[0]}–{sampled[-1]}"
+    )
+    return f"{'?' if seen is None else seen} ({per_round} per round)"
+
+
+def _rounds_cell(run: RunData) -> str:
+    """Rounds that released an aggregate, of those planned; abandoned ones named."""
+    planned = run.summary.get("rounds-planned", run.setting("num-rounds", "?"))
+    cell = f"{run.rounds_with_status('ok')}/{planned}"
+    abandoned = run.rounds_with_status("abandoned")
+    return cell + (f", {abandoned} abandoned" if abandoned else "")
+
+
+def _target_delta(run: RunData) -> float | str | None:
+    deltas = run.target_deltas()
+    if deltas:
+        return deltas[0] if len(deltas) == 1 else f"{deltas[0]:g}–{deltas[-1]:g}"
+    return holders_setting(run, "budget.target-delta")
+
+
+def holders_setting(run: RunData, key: str) -> float | str | None:
+    """A budget setting of the holders: in simulation the scenario's (it stands in for every
+    holder, who is given exactly that); deployed, ``each holder's own`` (the server never learns it)."""
+    if not run.simulated:
+        return HOLDERS_OWN
+    value = run.setting(key)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _audit_lower_bound(run_dir: Path) -> str | None:
@@ -113,10 +154,22 @@ def _audit_lower_bound(run_dir: Path) -> str | None:
 def _dp_cell(run: RunData) -> str:
     if not run.private:
         return "off"
-    cell = f"σ {_fmt(run.setting('dp.noise-multiplier'))}, C {_fmt(run.setting('dp.max-grad-norm'))}"
+    cell = f"{noise_cell(run)}, C {_fmt(run.setting('dp.max-grad-norm'))}"
     if run.setting("dp.mode") == "distributed":  # sigma is the aggregate's, added in shares under SecAgg+
         return f"distributed, aggregate {cell}, {_fmt(run.setting('dp.bits'))}-bit ring"
     return cell
+
+
+def noise_cell(run: RunData) -> str:
+    """The noise multiplier the run used: its ledgers' (min–max when holders differ); without
+    ledgers the configured one, unless holders calibrated their own for a target epsilon."""
+    used = run.noise_multipliers()
+    if used:
+        return f"σ {_fmt(used[0])}" + (f"–{_fmt(used[-1])}" if len(used) > 1 else "")
+    target = run.setting("dp.target-epsilon", 0.0)  # distributed simulation resolves it to 0 and σ
+    if isinstance(target, (int, float)) and target > 0:
+        return f"σ set by each holder for ε {_fmt(target)}"
+    return f"σ {_fmt(run.setting('dp.noise-multiplier'))}"
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
@@ -146,12 +199,30 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -
 
 
 def _notes(runs: Sequence[RunData]) -> list[str]:
-    notes = [
-        "- Accuracy, macro-F1 and loss are the global model's, on the server's central test set, "
-        "after each round's aggregation.",
+    notes = []
+    if any(r.last("accuracy") is not None for r in runs):  # only a simulation has a central test set
+        notes.append(
+            "- Accuracy, macro-F1 and loss are the global model's, on the server's central test set, "
+            "after each round's aggregation."
+        )
+    if any(_federated_final(r) is not None for r in runs):
+        notes.append(
+            "- Federated accuracy (dotted) is scored by the holders on their own test splits and "
+            "released only as sums (inside SecAgg+ unless a holder allows plaintext); round r's point "
+            "scores the model round r started from, the last one the final model. Without a central "
+            "test set it is the final accuracy."
+        )
+    notes.append(
         "- ε is each client's cumulative sample-level (ε, δ)-DP spend under its budget's accountant; "
-        '"final ε" is the largest over all clients. A client sampled in fewer rounds spent less.',
-    ]
+        '"final ε" is the largest over all clients. A client sampled in fewer rounds spent less.'
+    )
+    if any(r.private and r.noise_multipliers() for r in runs):
+        notes.append("- σ is the noise multiplier the clients' ledgers record for the run (min–max).")
+    if any(not r.simulated for r in runs):
+        notes.append(
+            "- Deployed runs: each holder keeps its own budget, δ, ledger and device; the server "
+            "sees only the ε a holder chooses to share (`share-epsilon`)."
+        )
     sources = {r.name: r.epsilon_source for r in runs if r.private}
     if any(src == "ledger" for src in sources.values()):
         notes.append("- Where clients' ledgers exist, ε is read from them (`PrivacyLedger.summary()`).")
@@ -160,7 +231,11 @@ def _notes(runs: Sequence[RunData]) -> list[str]:
             "- Runs without ledgers show ε from the round metrics: range over the clients sampled "
             "in that round only."
         )
-    notes.append('- Round 1 includes Ray\'s start-up; "later rounds" is the median of rounds 2 onwards.')
+    if any(r.simulated for r in runs):
+        notes.append(
+            '- Simulated runs: round 1 includes Ray\'s start-up; "later rounds" is the median of rounds '
+            "2 onwards."
+        )
     return notes
 
 
@@ -299,3 +374,9 @@ def write_report(
         data["comparison"] = [row.to_json() for row in comparison]
     numbers.write_text(json.dumps(data, indent=2) + "\n")
     return Report(markdown=markdown, numbers=numbers, plots=tuple(written))
+
+
+def _federated_final(run: RunData) -> float | None:
+    """The final model's federated accuracy from summary.json (None when none was released)."""
+    value = run.summary.get("final-federated-accuracy")
+    return float(value) if isinstance(value, (int, float)) else None

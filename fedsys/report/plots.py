@@ -25,7 +25,7 @@ _DPI = 110
 _PARTICIPATION = (
     ("clients-succeeded", "succeeded", "#2e7d32"),
     ("clients-failed", "failed", "#c62828"),
-    ("clients-declined", "declined (budget spent)", "#f9a825"),
+    ("clients-declined", "declined (budget or policy)", "#f9a825"),
 )
 TOTAL_KEYS = tuple(key for key, _, _ in _PARTICIPATION)
 
@@ -61,18 +61,25 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def plot_accuracy(runs: Sequence[RunData], path: Path) -> bool:
-    """Central test accuracy (and macro-F1, dashed, for a single run) per round."""
-    runs = [r for r in runs if r.last("accuracy") is not None]
+    """Central test accuracy (and macro-F1, dashed, for a single run) per round, and federated
+    accuracy (dotted: the holders' own test splits, released only as sums) where a run has it."""
+    runs = [r for r in runs if r.last("accuracy") is not None or _federated_points(r)[0]]
     if not runs:
         return False
     fig = _figure()
     ax = fig.subplots()
     for run in runs:
-        (line,) = ax.plot(run.rounds, [100 * v for v in run.series("accuracy")], marker="o", ms=3)
-        line.set_label(run.name if len(runs) > 1 else "accuracy")
-        if len(runs) == 1:
-            ax.plot(run.rounds, [100 * v for v in run.series("macro-f1")], "--", label="macro-F1")
-    title = "Global model on the central test set"
+        if run.last("accuracy") is not None:
+            (line,) = ax.plot(run.rounds, [100 * v for v in run.series("accuracy")], marker="o", ms=3)
+            line.set_label(run.name if len(runs) > 1 else "accuracy")
+            if len(runs) == 1:
+                ax.plot(run.rounds, [100 * v for v in run.series("macro-f1")], "--", label="macro-F1")
+        x, y = _federated_points(run)
+        if x:
+            name = f"{run.name} (federated)" if len(runs) > 1 else "federated accuracy"
+            ax.plot(x, [100 * v for v in y], ":", marker="s", ms=3, label=name)
+    central = any(r.last("accuracy") is not None for r in runs)
+    title = "Global model on the central test set" if central else "Global model on the holders' test splits"
     epsilon = runs[0].final_epsilon() if len(runs) == 1 and runs[0].private else None
     if epsilon is not None:
         title += f" (DP-SGD, final ε = {epsilon:.2f})"
@@ -83,6 +90,17 @@ def plot_accuracy(runs: Sequence[RunData], path: Path) -> bool:
     ax.legend(loc="best", fontsize="small")
     _save(fig, path)
     return True
+
+
+def _federated_points(run: RunData) -> tuple[list[int], list[float]]:
+    """Federated accuracy against the round whose model it scored: round r's record scores the
+    model round r started from (released after round r - 1); summary.json has the final model's."""
+    points = [(rnd - 1, v) for rnd, v in zip(run.rounds, run.series("federated-accuracy"), strict=True)]
+    final = run.summary.get("final-federated-accuracy")
+    if isinstance(final, (int, float)) and run.rounds:
+        points.append((run.rounds[-1], float(final)))
+    kept = [(x, y) for x, y in points if y == y]  # NaN: a round without released sums
+    return [x for x, _ in kept], [y for _, y in kept]
 
 
 def plot_loss(runs: Sequence[RunData], path: Path) -> bool:
@@ -116,11 +134,13 @@ def plot_epsilon(runs: Sequence[RunData], path: Path) -> bool:
             _epsilon_from_ledgers(ax, run)
         else:
             _epsilon_from_metrics(ax, run)
-        budget = run.setting("budget.max-epsilon")
+        # a deployed run's budget and delta are each holder's own: the server's config has defaults
+        budget = run.setting("budget.max-epsilon") if run.simulated else None
         if isinstance(budget, (int, float)) and math.isfinite(budget):
             ax.axhline(budget, color="#c62828", ls="--", lw=1, label=f"budget max ε = {budget:g}")
-        delta = run.setting("budget.target-delta")
-        ax.set_ylabel(f"ε (δ = {delta:g})" if isinstance(delta, (int, float)) else "ε")
+        deltas = run.target_deltas() or ((run.setting("budget.target-delta"),) if run.simulated else ())
+        delta = deltas[0] if len(deltas) == 1 else None
+        ax.set_ylabel(f"ε (δ = {delta:g})" if isinstance(delta, (int, float)) else "ε (holders' δ)")
         ax.set_ylim(bottom=0)
         ax.set_xlim(0, max(run.rounds, default=1))
         _rounds_axis(ax)

@@ -2,9 +2,11 @@
 
 The config is read as plain TOML rather than through :class:`~fedsys.config.RunConfig`, so
 run directories written by older (or newer) versions still load for reporting.
-Epsilon comes from the simulated clients' own privacy ledgers when the run has them
-(``ledgers/client-NNNNN.sqlite``); otherwise from the ``epsilon-min/median/max`` the
-coordinator recorded per round from clients' replies.
+Epsilon and the noise multipliers used come from the simulated clients' own privacy ledgers
+when the run has them (``ledgers/client-NNNNN.sqlite``); otherwise epsilon comes from the
+``epsilon-min/median/max`` the coordinator recorded per round from clients' replies. A deployed
+run's directory holds only what the server knows: each holder's budget, noise calibration and
+device are its own, and the report says so rather than showing the scenario's defaults.
 """
 
 from __future__ import annotations
@@ -31,11 +33,15 @@ class ClientSpend:
     ``epsilons[r]`` is the epsilon after round ``r`` (index 0 = before the run started);
     it stays flat in rounds the client was not sampled. ``final`` is the ledger's own
     summary: the client's whole spend on its data set, over every run it took part in.
+    ``noise_multipliers`` are those of this run's entries (distributed DP: the aggregate's
+    Gaussian-equivalent multiplier the ledger records); ``target_delta`` is the ledger summary's.
     """
 
     client: str
     epsilons: tuple[float, ...]
     final: float
+    noise_multipliers: tuple[float, ...] = ()
+    target_delta: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,38 @@ class RunData:
     def rounds(self) -> list[int]:
         """Round numbers in order."""
         return [int(r["round"]) for r in self.records]
+
+    @property
+    def simulated(self) -> bool:
+        """Whether fedsys simulated the data holders (so the scenario's budget and data were theirs).
+
+        From summary.json's ``simulated``; a run directory without it is a deployed run exactly
+        when its data set is the holders' own (``dataset = "node"``).
+        """
+        recorded = self.summary.get("simulated")
+        if isinstance(recorded, bool):
+            return recorded
+        return bool(self.setting("dataset") != "node")
+
+    def rounds_with_status(self, status: str) -> int:
+        """How many recorded rounds ended with ``status`` (``ok``: an aggregate was released)."""
+        return sum(r.get("status", "ok") == status for r in self.records)
+
+    def clients_seen(self) -> int | None:
+        """Clients the run found: summary.json's ``clients-seen``, else the simulated population."""
+        seen = self.summary.get("clients-seen")
+        if isinstance(seen, int) and not isinstance(seen, bool) and seen > 0:
+            return seen
+        count = self.setting("simulation.num-clients") if self.simulated else None
+        return count if isinstance(count, int) else None
+
+    def noise_multipliers(self) -> tuple[float, ...]:
+        """The distinct noise multipliers this run's ledger entries record, smallest first."""
+        return tuple(sorted({m for c in self.clients for m in c.noise_multipliers}))
+
+    def target_deltas(self) -> tuple[float, ...]:
+        """The distinct deltas the ledgers evaluate epsilon at (empty without ledgers)."""
+        return tuple(sorted({c.target_delta for c in self.clients if c.target_delta is not None}))
 
     @property
     def epsilon_source(self) -> EpsilonSource:
@@ -190,7 +228,13 @@ def read_ledgers(ledger_dir: Path, *, run_id: str, rounds: Sequence[int]) -> tup
             spent = [e.epsilon_after for e in own if e.round <= rnd]
             curve.append(spent[-1] if spent else start)
         spends.append(
-            ClientSpend(client=path.stem, epsilons=tuple(curve), final=max(s.epsilon for s in summaries))
+            ClientSpend(
+                client=path.stem,
+                epsilons=tuple(curve),
+                final=max(s.epsilon for s in summaries),
+                noise_multipliers=tuple(sorted({e.noise_multiplier for e in own if e.steps > 0})),
+                target_delta=max(s.target_delta for s in summaries),
+            )
         )
     return tuple(spends)
 

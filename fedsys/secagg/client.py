@@ -164,6 +164,7 @@ class SecAggClient:
         update: NDArray[np.floating],
         weight: float,
         rng: np.random.Generator,
+        extra: NDArray[np.uint64] | None = None,
     ) -> MaskedInputReply:
         """Stage 3: open received shares, then send y_u = q(x_u) + PRG(b_u) + sum_v gamma_uv PRG(s_uv).
 
@@ -172,6 +173,8 @@ class SecAggClient:
             update: the real-valued model update, of the agreed vector length.
             weight: the client's weight (example count), in (0, max_weight].
             rng: generator for stochastic rounding (not secret).
+            extra: the round's ``extra_length`` integer coordinates, already in Z_2^k (federated
+                evaluation sums), appended after the quantised update and masked with it.
 
         Raises:
             ProtocolError: wrong stage/context or senders that were not advertised peers.
@@ -187,8 +190,16 @@ class SecAggClient:
             raise ModelError(
                 f"secagg update must have shape ({setup.vector_length},), got {np.shape(update)}"
             )
+        tail = np.asarray(np.zeros(0, dtype=np.uint64) if extra is None else extra)
+        if tail.dtype != np.uint64 or tail.shape != (setup.extra_length,):
+            raise ModelError(
+                f"secagg extra coordinates must be uint64 of shape ({setup.extra_length},), "
+                f"got {tail.dtype} {tail.shape}"
+            )
+        if setup.ring_bits < 64 and tail.size and int(tail.max()) >> setup.ring_bits:
+            raise ModelError(f"secagg extra coordinates have values outside Z_2^{setup.ring_bits}")
         self.admit_masked_input(request, vector_length=int(np.size(update)))
-        return self._mask(request, self._encode(update, weight, setup, rng))
+        return self._mask(request, np.concatenate([self._encode(update, weight, setup, rng), tail]))
 
     def mask_integer_input(
         self, request: MaskedInputRequest, *, encoded: NDArray[np.uint64]
@@ -504,6 +515,8 @@ def _check_setup(request: SetupRequest, client_id: int) -> None:
         ring_mask(request.ring_bits)
     except ConfigError as err:
         raise ProtocolError(f"invalid secagg setup: {err}") from err
+    if request.extra_length < 0 or (request.integer_input and request.extra_length):
+        raise ProtocolError(f"invalid secagg setup: {request.extra_length} extra coordinates")
     if (not request.integer_input and request.ring_bits <= request.quant_bits) or request.vector_length < 1:
         raise ProtocolError(
             f"invalid secagg setup: ring bits {request.ring_bits}, length {request.vector_length}"

@@ -56,6 +56,7 @@ def run_local_round(
     context: RoundContext | None = None,
     intercept: Intercept | None = None,
     identities: Mapping[int, Identity] | None = None,
+    extras: Sequence[NDArray[np.uint64]] | None = None,
 ) -> AggregateResult:
     """Run a full SecAgg+ round in memory and return the server's aggregate.
 
@@ -73,6 +74,7 @@ def run_local_round(
         intercept: optional hook rewriting records in flight.
         identities: client id -> long-term identity; given, the clients demand the malicious-server
             checks (``params.mode`` must then be ``"malicious"``).
+        extras: one vector of ``params.extra_length`` ring elements per client, masked after its update.
 
     Raises:
         ConfigError: mismatched inputs. AbortedRoundError, ProtocolError, IntegrityError: as raised
@@ -114,7 +116,13 @@ def run_local_round(
         lambda u, r: (
             clients[u].mask_integer_input(r, encoded=np.asarray(updates[u - 1], dtype=np.uint64))
             if server.params.integer_ring_bits is not None
-            else clients[u].mask_input(r, update=updates[u - 1], weight=weights[u - 1], rng=rng)
+            else clients[u].mask_input(
+                r,
+                update=updates[u - 1],
+                weight=weights[u - 1],
+                rng=rng,
+                extra=None if extras is None else extras[u - 1],
+            )
         ),
         MaskedInputReply.from_record,
     )

@@ -65,12 +65,14 @@ class SetupRequest:
     max_weight: float
     integer_input: bool = False  # clients send vectors already in Z_2^k (distributed DP)
     integer_scale: float = 0.0  # distributed DP: the scale gamma the server chose (0 otherwise)
+    extra_length: int = 0  # integer coordinates after the quantised update (federated evaluation sums)
 
     def to_record(self) -> Record:
         """Flatten for the transport."""
         return _header(Stage.SETUP, self.context) | {
             "integer-input": self.integer_input,
             "integer-scale": self.integer_scale,
+            "extra-length": self.extra_length,
             "recipient": self.recipient,
             "neighbours": list(self.neighbours),
             "threshold": self.threshold,
@@ -96,6 +98,7 @@ class SetupRequest:
             max_weight=_float(record, "max-weight"),
             integer_input=_flag(record, "integer-input"),
             integer_scale=_float(record, "integer-scale") if "integer-scale" in record else 0.0,
+            extra_length=_int(record, "extra-length") if "extra-length" in record else 0,
         )
 
 

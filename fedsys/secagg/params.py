@@ -36,6 +36,10 @@ class SecAggParams:
             (:attr:`AggregateResult.ring_sum`) instead of a weighted average; clip range,
             quantisation and max-weight are then unused. ``None``: the fixed-point encoding.
         integer_scale: integer-input mode: the public scale the clients encode with (sent at setup).
+        extra_length: fixed-point mode: integer coordinates each client appends after its quantised
+            update and weight (federated evaluation sums, :mod:`fedsys.evaluation`); summed in the
+            same ring and released apart as :attr:`AggregateResult.extra_sum`.
+        min_ring_bits: the ring is at least this wide (the extra coordinates' sum must not wrap).
     """
 
     max_weight: float
@@ -48,8 +52,16 @@ class SecAggParams:
     corruption_fraction: float = DEFAULT_CORRUPTION_FRACTION
     integer_ring_bits: int | None = None
     integer_scale: float = 0.0
+    extra_length: int = 0
+    min_ring_bits: int = 0
 
     def __post_init__(self) -> None:
+        if self.extra_length < 0 or (self.extra_length and self.integer_ring_bits is not None):
+            raise ConfigError(
+                f"secagg extra coordinates need fixed-point mode and a length >= 0, got {self.extra_length}"
+            )
+        if not 0 <= self.min_ring_bits <= 64:
+            raise ConfigError(f"secagg min ring bits must be in [0, 64], got {self.min_ring_bits}")
         if self.integer_ring_bits is not None and not 2 <= self.integer_ring_bits <= 62:
             raise ConfigError(f"secagg integer ring bits must be in [2, 62], got {self.integer_ring_bits}")
         check_encoding(clip_range=self.clip_range, quant_bits=self.quant_bits)
@@ -85,3 +97,5 @@ class AggregateResult:
     ring_sum: NDArray[np.uint64] | None = None
     """Integer-input mode only: the sum of the contributors' vectors in Z_2^k (``average`` and
     ``weighted_sum`` are then empty and ``total_weight`` is 0)."""
+    extra_sum: NDArray[np.uint64] | None = None
+    """With ``extra_length``: the ring sum of the contributors' extra coordinates (in Z_2^k)."""

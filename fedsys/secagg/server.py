@@ -116,8 +116,8 @@ class SecAggServer:
         self.min_survivors = self.threshold if params.min_survivors is None else params.min_survivors
         if self.min_survivors > n:
             raise ConfigError(f"secagg min-survivors {self.min_survivors} exceeds {n} participants")
-        self.ring_bits = params.integer_ring_bits or ring_bits_for(
-            quant_bits=params.quant_bits, num_clients=n
+        self.ring_bits = params.integer_ring_bits or max(
+            ring_bits_for(quant_bits=params.quant_bits, num_clients=n), params.min_ring_bits
         )
         self.rejections: dict[int, str] = {}
         """Client id -> why its reply was rejected (the client counts as dropped from then on)."""
@@ -137,7 +137,9 @@ class SecAggServer:
     @property
     def _masked_length(self) -> int:
         """Length of a masked input: the update plus its weight coordinate (none for integer inputs)."""
-        return self.vector_length + (0 if self.params.integer_ring_bits is not None else 1)
+        if self.params.integer_ring_bits is not None:
+            return self.vector_length
+        return self.vector_length + 1 + self.params.extra_length
 
     def setup_requests(self) -> dict[int, SetupRequest]:
         """Stage 0: the parameters and neighbour list for each participant."""
@@ -279,6 +281,7 @@ class SecAggServer:
             max_weight=p.max_weight,
             integer_input=p.integer_ring_bits is not None,
             integer_scale=p.integer_scale,
+            extra_length=p.extra_length,
         )
 
     def _check_stage(self, stage: Stage) -> None:
@@ -445,6 +448,8 @@ class SecAggServer:
                 rejections=dict(self.rejections),
                 ring_sum=total,
             )
+        extra = total[self.vector_length + 1 :] if p.extra_length else None
+        total = total[: self.vector_length + 1]
         real = dequantize_sum(total, num_summands=n, clip_range=p.clip_range, quant_bits=p.quant_bits)
         weighted, weight_fraction = decode_weighted(real, max_weight=p.max_weight, clip_range=p.clip_range)
         if weight_fraction <= 0:
@@ -464,4 +469,5 @@ class SecAggServer:
             survivors_per_stage=tuple(self._counts),
             mean_error_bound=bound,
             rejections=dict(self.rejections),
+            extra_sum=extra,
         )

@@ -60,3 +60,29 @@ def test_bad_confidence_is_one_line_before_anything_runs(tmp_path: Path) -> None
     assert done.exit_code == 2
     assert "--confidence must be in (0, 1), got 1.5" in done.output
     assert not (tmp_path / "x").exists()
+
+
+CLIENT_SCENARIO = Path(__file__).parents[2] / "simulations" / "synthetic-client-dp.toml"
+
+
+def test_cli_audits_a_client_level_scenario_with_canary_clients(tmp_path: Path) -> None:
+    out = tmp_path / "client-audit"
+    small = [
+        "num-rounds=6",
+        "simulation.num-clients=12",
+        "sampling.clients-per-round=12",
+        "sampling.min-clients=10",
+    ]
+
+    done = CliRunner().invoke(
+        app,
+        ["audit", str(CLIENT_SCENARIO), "--no-dp", "--out", str(out), "--audit-seed", "6", "--canaries", "12",
+         *[arg for pair in small for arg in ("--set", pair)]],
+    )  # fmt: skip
+
+    assert done.exit_code == 0, done.output
+    doc = json.loads((out / "audit.json").read_text())
+    assert doc["level"] == "client" and doc["canaries"] == 12 and doc["epsilon"] is None
+    assert doc["epsilon-lower-bound"] > 0.3  # the canary clients' directions reached the released models
+    assert doc["correct"] == doc["guesses"] == 12  # audit seed 6 includes exactly 6 of the 12
+    assert "Gaussian-fit estimate" in done.output

@@ -38,7 +38,9 @@ def test_clients_refuse_past_their_budget_and_the_run_stops(tmp_path):
     assert declined_round["clients-declined"] == 5 and declined_round["status"] == "abandoned"
     assert all(r["status"] == "ok" for r in records if r["round"] < declined_round["round"])
     assert "exhausted their privacy budget" in summary["stop-reason"]
-    assert summary["rounds-completed"] == declined_round["round"] < 6
+    # the declined round released nothing: it is abandoned, not completed
+    assert summary["rounds-completed"] == declined_round["round"] - 1 < 5
+    assert summary["rounds-abandoned"] == 1
     spent = _spent(tmp_path / "run")
     assert len(spent) == 5 and max(spent) <= 2.5
 

@@ -1,5 +1,6 @@
 """Secure aggregation through the real Flower simulation engine, including faulty clients."""
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsys.config import RunConfig
+from fedsys.data import simulated_client_data
+from fedsys.models import build_model, load_weights
 from fedsys.node import handlers, secure
 from fedsys.results import read_metrics
 from fedsys.wire import ARRAYS
@@ -74,6 +77,36 @@ def test_secure_aggregate_equals_plaintext_fedavg_within_the_quantisation_bound(
     worst = max(float(np.max(np.abs(plain[k] - secure_w[k]))) for k in plain)
     assert record["clients-succeeded"] == 10 and record["status"] == "ok"
     assert 0 < worst <= record["secagg-error-bound"] + 1e-6  # float32 storage of the weights
+    # federated evaluation: the secure sum of the holders' evaluation sums is the plaintext one
+    plain_record = read_metrics(tmp_path / "plain")[0]
+    federated = {k: v for k, v in record.items() if k.startswith("federated-")}
+    assert federated and federated == {k: v for k, v in plain_record.items() if k.startswith("federated-")}
+    # and the final, evaluation-only exchange scores the released model on every holder's test split
+    for run, weights in (("secure", secure_w), ("plain", plain)):
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        correct, examples, loss = _pooled_evaluation(_config(), weights)
+        assert summary["final-federated-examples"] == examples
+        assert summary["final-federated-accuracy"] == correct / examples
+        assert summary["final-federated-loss"] == pytest.approx(loss / examples, abs=1e-3)
+        assert summary["final-accuracy-source"] == "central"
+
+
+def _pooled_evaluation(config: RunConfig, weights) -> tuple[int, int, float]:
+    """Correct predictions, examples and loss sum of ``weights`` over all holders' test splits,
+    recomputed here from the partitions (not through fedsys.evaluation)."""
+    correct, examples, loss = 0, 0, 0.0
+    n = config.simulation.num_clients
+    for partition in range(n):
+        test = simulated_client_data(config, partition_id=partition, num_partitions=n).test
+        model = build_model(config.model, test.feature_shape, test.num_classes)
+        load_weights(model, weights, source="test")
+        with torch.no_grad():
+            logits = model.eval()(torch.from_numpy(test.x))
+            losses = torch.nn.functional.cross_entropy(logits, torch.from_numpy(test.y), reduction="none")
+        correct += int((logits.argmax(1).numpy() == test.y).sum())
+        examples += len(test.y)
+        loss += float(losses.clamp(max=config.evaluation.loss_bound).sum())
+    return correct, examples, loss
 
 
 @pytest.mark.parametrize("stage", ["secagg_share", "secagg_mask", "secagg_unmask"])

@@ -47,6 +47,8 @@ def _config(mode: str = "malicious", clients: int = 5) -> RunConfig:
             "secagg.clip-range": 2.0,
             "secagg.mode": mode,
             "seed": 11,
+            # the protocol under attack, one round of it: no final scoring-only SecAgg+ round
+            "evaluation.federated": False,
         }
     )
 

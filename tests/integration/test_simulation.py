@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -42,8 +43,18 @@ def _comparable(records):
     return [{k: v for k, v in r.items() if k not in _TIMING} for r in records]
 
 
+def _ray_sessions_of_this_process() -> set[Path]:
+    """Ray names a session after the driver's pid; fedsys' own Ray folder carries it too."""
+    pid = os.getpid()
+    return set(Path("/tmp/ray").glob(f"session_*_{pid}")) | set(Path("/tmp").glob(f"fedsys-ray-{pid}-*"))
+
+
 def test_simulation_writes_a_complete_run_directory_and_learns(tmp_path):
+    sessions_before = _ray_sessions_of_this_process()
+
     summary = run_scenario(_plain(), tmp_path / "run")
+
+    assert _ray_sessions_of_this_process() <= sessions_before  # Ray's session folder went with it
 
     run = tmp_path / "run"
     records = read_metrics(run)
@@ -58,12 +69,30 @@ def test_simulation_writes_a_complete_run_directory_and_learns(tmp_path):
     assert json.loads((run / "summary.json").read_text())["final-accuracy"] == summary["final-accuracy"]
 
 
-def test_same_seed_gives_identical_metrics(tmp_path):
-    first = run_scenario(_plain(seed=3), tmp_path / "a")
-    second = run_scenario(_plain(seed=3), tmp_path / "b")
+def _digits_with_word_labels(path: Path) -> tuple[str, ...]:
+    """The digits as a CSV whose label column holds words; the declared order is not alphabetical."""
+    from sklearn.datasets import load_digits
+
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    x, y = load_digits(return_X_y=True)
+    frame = pd.DataFrame(x, columns=[f"p{i}" for i in range(x.shape[1])])
+    frame["label"] = [words[i] for i in y]
+    frame.to_csv(path, index=False)
+    return words
+
+
+def test_same_seed_gives_identical_metrics_with_string_labels_from_a_csv(tmp_path):
+    words = _digits_with_word_labels(tmp_path / "digits.csv")
+    config = _plain(seed=3, dataset=str(tmp_path / "digits.csv"), labels=list(words))
+    config = config.replace({"feature-range": "0,16", "partition": "iid"})
+
+    first = run_scenario(config, tmp_path / "a")
+    second = run_scenario(config, tmp_path / "b")
 
     assert _comparable(read_metrics(tmp_path / "a")) == _comparable(read_metrics(tmp_path / "b"))
     assert first["final-accuracy"] == second["final-accuracy"]
+    assert first["final-accuracy"] > 0.5  # every holder mapped the words to the same classes
+    assert RunConfig.from_toml(tmp_path / "a" / "config.toml").labels == words
 
 
 def test_a_crashed_run_resumes_to_the_same_result(tmp_path):

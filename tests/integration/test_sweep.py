@@ -6,10 +6,19 @@ import pytest
 from typer.testing import CliRunner
 
 from fedsys.cli import app
+from fedsys.config import RunConfig
 from fedsys.privacy import PrivacyLedger
 from fedsys.report.sweep import EPSILON_TOLERANCE
 
 pytestmark = pytest.mark.integration
+
+
+def _ledger_noise_multipliers(run_dir):
+    sigmas = set()
+    for path in sorted((run_dir / "ledgers").glob("client-*.sqlite")):
+        with PrivacyLedger(path) as ledger:
+            sigmas |= {e.noise_multiplier for s in ledger.summary() for e in ledger.entries(s.budget_key)}
+    return sorted(sigmas)
 
 
 def _ledger_epsilon(run_dir):
@@ -47,6 +56,10 @@ def test_a_tiny_sweep_runs_each_budget_and_reports_the_ledgers_epsilon(tmp_path)
     assert rows["eps-1"]["final-epsilon"] == _ledger_epsilon(out / "eps-1")
     # every client trains every round here, so the most exposed one lands on the target
     assert 1.0 - EPSILON_TOLERANCE <= rows["eps-1"]["final-epsilon"] <= 1.0
+    # each holder calibrated its own noise: the report shows the ledgers' multipliers, not the config's
+    assert rows["eps-1"]["noise-multipliers"] == _ledger_noise_multipliers(out / "eps-1")
+    assert rows["eps-1"]["rounds"] == "2/2" and rows["eps-1"]["clients"] == "3 (3 per round)"
+    assert RunConfig.from_toml(out / "eps-1" / "config.toml").partition != "auto"
     assert rows["eps-inf"]["final-epsilon"] is None and rows["eps-inf"]["dp"] == "off"
     assert not (out / "eps-inf" / "ledgers").exists() or not any((out / "eps-inf" / "ledgers").iterdir())
     assert (out / "privacy-utility.png").stat().st_size > 1000

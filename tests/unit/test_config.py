@@ -111,4 +111,6 @@ def test_server_optimizer_defaults_to_plain_fedavg_and_reads_flat_and_nested_key
         "server.beta1",
         "server.beta2",
         "server.tau",
+        "server.average",
+        "server.ema-decay",
     }

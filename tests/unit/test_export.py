@@ -280,3 +280,28 @@ def test_a_model_torch_export_cannot_follow_is_a_model_error_naming_the_cause(tm
     # the root cause, not the exporter's wrapper with its colour codes
     assert "TorchExportError" not in str(err.value) and "\x1b" not in str(err.value)
     assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_deployed_runs_card_counts_the_holders_the_run_saw_not_the_scenarios_clients():
+    from fedsys.export.card import CardInputs, _data_section
+
+    config = RunConfig().replace({"dataset": "node", "feature-shape": "64", "num-classes": 10})
+    card = CardInputs(
+        run_name="study-1",
+        config=config,
+        summary={"rounds-completed": 3, "clients-seen": 2},
+        model_file="model.pt",
+        model_format="torchscript",
+        parameters=650,
+        feature_shape=(64,),
+        num_classes=10,
+        test_examples=None,
+        holders=(),
+        ledger_dirs=(),
+        measurements=(),
+    )
+
+    section = _data_section(card)
+
+    assert "2 holder(s) seen over the run" in section
+    assert f"{config.simulation.num_clients} simulated holders" not in section

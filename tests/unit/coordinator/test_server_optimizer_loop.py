@@ -56,6 +56,7 @@ def _config(rounds: int, **server: object) -> RunConfig:
             "dp.enabled": False,
             "secagg.enabled": False,
             "sampling.min-clients": 2,
+            "evaluation.federated": False,  # the scripted nodes only train
             **overrides,
         }
     )

@@ -1,6 +1,7 @@
 """The public proxy forwards the Fleet API, byte for byte, and nothing else."""
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -127,3 +128,56 @@ def test_an_unreachable_superlink_is_a_bad_gateway():
     response, _ = _exchange({"method": "POST", "url": "/v1/fleet/get-run", "content": b""}, upstream=down)
 
     assert response.status_code == 502
+
+
+def _superlink_with(answers):
+    """An upstream answering pulls with ``answers`` in turn (status, body), the last one forever."""
+    seen = []
+
+    def superlink(request):
+        seen.append(request)
+        status, body = answers[min(len(seen), len(answers)) - 1]
+        return httpx.Response(status, stream=httpx.ByteStream(body))
+
+    return superlink, seen
+
+
+_PULL = {"method": "POST", "url": "/v1/fleet/pull-messages", "content": b"\x0a\x02id", "headers": {"a": "1"}}
+
+
+def test_an_empty_pull_is_held_until_the_superlink_has_a_message():
+    superlink, seen = _superlink_with([(200, b""), (200, b""), (200, b""), (200, b"\x0a\x03msg")])
+
+    response, _ = _exchange(_PULL, settings=_settings(pull_hold=5.0, pull_poll=0.01), upstream=superlink)
+
+    assert response.status_code == 200 and response.content == b"\x0a\x03msg"
+    assert len(seen) == 4  # the same signed request, repeated
+    assert {(r.content, r.headers["a"]) for r in seen} == {(b"\x0a\x02id", "1")}
+
+
+def test_an_empty_pull_is_answered_empty_when_the_hold_ends():
+    superlink, seen = _superlink_with([(200, b"")])
+    started = time.monotonic()
+
+    response, _ = _exchange(_PULL, settings=_settings(pull_hold=0.2, pull_poll=0.02), upstream=superlink)
+
+    assert response.status_code == 200 and response.content == b""
+    assert 0.15 < time.monotonic() - started < 2.0 and len(seen) > 2
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "answers", "hold"),
+    [
+        (_PULL, [(200, b"")], 0.0),  # hold off: Flower's own behaviour
+        (_PULL, [(500, b"")], 5.0),  # an error goes straight back
+        ({**_PULL, "url": "/v1/fleet/get-run"}, [(200, b"")], 5.0),  # only pulls are held
+    ],
+)
+def test_only_empty_successful_pulls_are_held(request_kwargs, answers, hold):
+    superlink, seen = _superlink_with(answers)
+
+    response, _ = _exchange(
+        request_kwargs, settings=_settings(pull_hold=hold, pull_poll=0.01), upstream=superlink
+    )
+
+    assert response.status_code == answers[0][0] and len(seen) == 1

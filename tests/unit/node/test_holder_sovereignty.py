@@ -200,7 +200,12 @@ def test_deployment_defaults_are_the_safe_ones():
     policy = deployment_policy({}, max_epsilon=8.0)
 
     assert policy == HolderPolicy(
-        require_dp=True, require_secagg=True, min_cohort=2, share_epsilon=False, allowed_models=frozenset()
+        require_dp=True,
+        require_secagg=True,
+        min_cohort=2,
+        share_epsilon=False,
+        allowed_models=frozenset(),
+        share_evaluation="secure",
     )
     assert check_request(policy, _scenario(), server_round=1, secure=True, cohort=3, threshold=2) is None
     assert check_request(policy, _scenario(), server_round=1, secure=True, cohort=3, threshold=1) is not None

@@ -20,7 +20,7 @@ import fedsys
 from fedsys.config import BudgetConfig, RunConfig
 from fedsys.node.secure import _rounding_rng
 from fedsys.node.settings import HolderSettings
-from fedsys.node.update import _simulation_generator
+from fedsys.node.update import _evaluation_rng, _simulation_generator
 
 ROOT = Path(fedsys.__file__).parent
 SCANNED = ("secagg", "node", "privacy")
@@ -28,6 +28,10 @@ ALLOWED = {
     "node/update.py::_simulation_generator": (
         "simulation only: returns None (fresh OS entropy downstream) unless the holder settings say "
         "this is a virtual client; pinned by a test below"
+    ),
+    "node/update.py::_evaluation_rng": (
+        "DP noise on released federated-evaluation sums: seeded only for a simulated virtual client "
+        "(reproducible runs); a real holder draws 128 bits of OS entropy; pinned by a test below"
     ),
     "node/secure.py::_rounding_rng": (
         "stochastic rounding of the SecAgg+ encoding needs unbiased, not secret, randomness (the self "
@@ -234,3 +238,13 @@ def test_rounding_rng_at_a_real_holder_ignores_the_server_seed() -> None:
 
     assert not np.array_equal(draws[0], draws[1])
     np.testing.assert_array_equal(simulated[0], simulated[1])  # reproducible only for a virtual client
+
+
+def test_evaluation_noise_at_a_real_holder_ignores_the_server_seed(tmp_path: Path) -> None:
+    config = RunConfig().replace({"seed": 1234})
+
+    real = [_evaluation_rng(config, _holder(tmp_path, None), 3).normal(size=4) for _ in range(2)]
+    virtual = [_evaluation_rng(config, _holder(tmp_path, 0), 3).normal(size=4) for _ in range(2)]
+
+    assert not np.array_equal(real[0], real[1])
+    np.testing.assert_array_equal(virtual[0], virtual[1])  # reproducible only for a virtual client

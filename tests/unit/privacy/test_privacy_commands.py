@@ -309,3 +309,47 @@ def test_plan_suggestion_table_names_the_choice_and_a_tiny_data_set_is_a_clear_e
     assert "suggested: --batch-size 64" in table.stdout
     assert tiny.exit_code == 2
     assert "20 records is too small" in tiny.output
+
+
+def _ledger_with_a_flower_run_id(path):
+    budget = LocalBudget(max_epsilon=50.0, target_delta=1e-5)
+    with PrivacyLedger(path, create=True) as ledger:
+        for server_round in (1, 2, 3):
+            step = ledger.reserve_within_budget(
+                budget_key="hospital-records",
+                fingerprint="f" * 64,
+                run_id="10655336991243890644",  # Flower's run ids are 20 digits
+                server_round=server_round,
+                noise_multiplier=1.1,
+                sample_rate=0.1,
+                steps=10,
+                budget=budget,
+            )
+            ledger.commit(step.entry_id, actual_steps=10, epsilon_after=step.epsilon_after)
+
+
+def test_ledger_show_fits_the_declared_width_and_keeps_every_value(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.sqlite"
+    _ledger_with_a_flower_run_id(path)
+    monkeypatch.setenv("COLUMNS", "80")
+
+    result = runner.invoke(app, ["ledger", "show", str(path)])
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    for text in ("10655336991243890644", "hospital-records", "ffffffff", "committed", "rdp", "1e-05", "→"):
+        assert text in result.stdout  # split into tables, never cut or wrapped inside a cell
+    assert sum("10655336991243890644" in line for line in lines) == 3
+
+
+def test_piped_ledger_show_keeps_each_entry_on_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.sqlite"
+    _ledger_with_a_flower_run_id(path)
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+    result = runner.invoke(app, ["ledger", "show", str(path)])
+
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if "10655336991243890644" in line]
+    assert len(rows) == 3 and all("hospital-records" in row and "→" in row for row in rows)

@@ -54,7 +54,15 @@ def write_run(
     return path
 
 
-def spend(ledger_path: Path, rounds: list[int], *, run_id: str = RUN_ID, steps: int = 20) -> list[float]:
+def spend(
+    ledger_path: Path,
+    rounds: list[int],
+    *,
+    run_id: str = RUN_ID,
+    steps: int = 20,
+    noise_multiplier: float = 1.0,
+    sample_rate: float = 0.1,
+) -> list[float]:
     """Record DP-SGD steps in a client's ledger for ``rounds``; returns epsilon after each."""
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
     after = []
@@ -65,8 +73,8 @@ def spend(ledger_path: Path, rounds: list[int], *, run_id: str = RUN_ID, steps: 
                 fingerprint="data-of-" + ledger_path.stem,
                 run_id=run_id,
                 server_round=rnd,
-                noise_multiplier=1.0,
-                sample_rate=0.1,
+                noise_multiplier=noise_multiplier,
+                sample_rate=sample_rate,
                 steps=steps,
                 budget=BUDGET,
             )

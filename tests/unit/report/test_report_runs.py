@@ -80,3 +80,25 @@ def test_runs_with_the_same_folder_name_get_their_parent_as_prefix(tmp_path):
     b = write_run(tmp_path / "b" / "run", [round_record(1)])
 
     assert [r.name for r in load_runs([a, b])] == ["a/run", "b/run"]
+
+
+def test_noise_multipliers_are_those_of_this_runs_entries_only(tmp_path):
+    run_dir = write_run(tmp_path / "run", [round_record(1), round_record(2)])
+    spend(run_dir / "ledgers" / "client-00000.sqlite", [1], run_id="an-earlier-run", noise_multiplier=3.0)
+    spend(run_dir / "ledgers" / "client-00000.sqlite", [1, 2], noise_multiplier=0.9)
+    spend(run_dir / "ledgers" / "client-00001.sqlite", [2], noise_multiplier=1.1)
+
+    run = load_run(run_dir)
+
+    assert run.noise_multipliers() == (0.9, 1.1)
+    assert run.target_deltas() == (BUDGET.target_delta,)
+
+
+def test_a_run_directory_without_the_simulated_flag_is_deployed_when_its_data_is_the_holders(tmp_path):
+    node = {"dataset": "node", "feature-shape": "2", "num-classes": 2}
+    deployed = load_run(write_run(tmp_path / "deployed", [round_record(1)], **node))
+    simulated = load_run(write_run(tmp_path / "simulated", [round_record(1)]))
+    flagged = load_run(write_run(tmp_path / "flagged", [round_record(1)], summary={"simulated": False}))
+
+    assert (deployed.simulated, simulated.simulated, flagged.simulated) == (False, True, False)
+    assert deployed.clients_seen() is None and simulated.clients_seen() == 10
