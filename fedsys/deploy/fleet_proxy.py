@@ -13,8 +13,9 @@ An empty ``pull-messages`` answer is held back (long polling): Flower 1.41's Sup
 fixed 3 s after every pull that finds no message (``time.sleep(3)`` in
 ``flwr/supernode/start_client_internal.py``, not configurable), so every exchange of a round
 waited up to 3 s for the next pull. The proxy instead repeats the node's pull against the
-loopback SuperLink every ``pull_poll`` seconds, for up to ``pull_hold`` seconds, and answers as
-soon as a message is there (or the hold ends, or the node hangs up). A repeated pull is the same
+loopback SuperLink (after ``pull_poll`` seconds, then 1.5x longer each time, at most 0.25 s), for
+up to ``pull_hold`` seconds, and answers as soon as a message is there (or the hold ends, or the
+node hangs up). A repeated pull is the same
 signed request (node auth signs a timestamp that Flower accepts for 300 s) and an empty pull
 changes nothing in the SuperLink's state.
 
@@ -51,7 +52,8 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 PULL_PATH = "/v1/fleet/pull-messages"
 # Held well below the SuperNode's 30 s request timeout (flwr ProtobufClient's default).
 DEFAULT_PULL_HOLD = 20.0
-DEFAULT_PULL_POLL = 0.05
+DEFAULT_PULL_POLL = 0.05  # first retry; each further one waits 1.5x longer, at most 0.25 s
+_MAX_PULL_POLL = 0.25
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -145,6 +147,7 @@ class FleetProxy:
     ) -> None:
         """Repeat an empty pull until a message is there, the hold ends or the node hangs up."""
         deadline = time.monotonic() + self.settings.pull_hold
+        poll = self.settings.pull_poll  # grows, so that many idle nodes do not flood the SuperLink
         gone = asyncio.ensure_future(receive())  # the body is read: the next event is a disconnect
         try:
             while True:
@@ -160,9 +163,10 @@ class FleetProxy:
                     raw = b"".join([chunk async for chunk in response.aiter_raw()])
                 finally:
                     await response.aclose()
-                if not _keep_waiting(response, raw, deadline, self.settings.pull_poll) or gone.done():
+                if not _keep_waiting(response, raw, deadline, poll) or gone.done():
                     break
-                await asyncio.sleep(self.settings.pull_poll)
+                await asyncio.sleep(poll)
+                poll = min(poll * 1.5, max(_MAX_PULL_POLL, self.settings.pull_poll))
             await _send_response(send, response, raw)
         finally:
             gone.cancel()

@@ -181,3 +181,12 @@ def test_only_empty_successful_pulls_are_held(request_kwargs, answers, hold):
     )
 
     assert response.status_code == answers[0][0] and len(seen) == 1
+
+
+def test_a_held_pull_backs_off_so_idle_nodes_do_not_flood_the_superlink():
+    superlink, seen = _superlink_with([(200, b"")])
+
+    _exchange(_PULL, settings=_settings(pull_hold=1.5, pull_poll=0.01), upstream=superlink)
+
+    # 0.01 s growing 1.5x to 0.25 s: ~13 pulls in 1.5 s, where a fixed 0.01 s poll makes ~150
+    assert 5 < len(seen) < 25
