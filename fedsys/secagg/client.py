@@ -190,14 +190,8 @@ class SecAggClient:
             raise ModelError(
                 f"secagg update must have shape ({setup.vector_length},), got {np.shape(update)}"
             )
-        tail = np.asarray(np.zeros(0, dtype=np.uint64) if extra is None else extra)
-        if tail.dtype != np.uint64 or tail.shape != (setup.extra_length,):
-            raise ModelError(
-                f"secagg extra coordinates must be uint64 of shape ({setup.extra_length},), "
-                f"got {tail.dtype} {tail.shape}"
-            )
-        if setup.ring_bits < 64 and tail.size and int(tail.max()) >> setup.ring_bits:
-            raise ModelError(f"secagg extra coordinates have values outside Z_2^{setup.ring_bits}")
+        tail = np.zeros(0, dtype=np.uint64) if extra is None else extra
+        tail = _ring_vector(tail, setup.extra_length, setup.ring_bits, what="extra coordinates")
         self.admit_masked_input(request, vector_length=int(np.size(update)))
         return self._mask(request, np.concatenate([self._encode(update, weight, setup, rng), tail]))
 
@@ -216,14 +210,7 @@ class SecAggClient:
         setup = self._require(self._setup)
         if not setup.integer_input:
             raise ProtocolError("this secagg round takes real-valued updates, not integer inputs")
-        vector = np.asarray(encoded)
-        if vector.dtype != np.uint64 or vector.shape != (setup.vector_length,):
-            raise ModelError(
-                f"secagg integer input must be uint64 of shape ({setup.vector_length},), "
-                f"got {vector.dtype} {vector.shape}"
-            )
-        if setup.ring_bits < 64 and vector.size and int(vector.max()) >> setup.ring_bits:
-            raise ModelError(f"secagg integer input has values outside Z_2^{setup.ring_bits}")
+        vector = _ring_vector(encoded, setup.vector_length, setup.ring_bits, what="integer input")
         self.admit_masked_input(request, vector_length=int(vector.size))
         self.num_clipped = 0
         return self._mask(request, vector.copy())
@@ -503,6 +490,21 @@ class SecAggClient:
 def _key_pair(raw: bytes) -> KeyPair:
     private = load_private_key(raw)
     return KeyPair(private=private, public=private.public_key().public_bytes_raw())
+
+
+def _ring_vector(values: NDArray[np.uint64], length: int, ring_bits: int, *, what: str) -> NDArray[np.uint64]:
+    """``values`` as a uint64 vector of ``length`` elements of Z_2^ring_bits.
+
+    Raises:
+        ModelError: another dtype or shape, or a value outside the ring.
+    """
+    vector = np.asarray(values)
+    if vector.dtype != np.uint64 or vector.shape != (length,):
+        shape = f"({length},), got {vector.dtype} {vector.shape}"
+        raise ModelError(f"secagg {what} must be uint64 of shape {shape}")
+    if ring_bits < 64 and vector.size and int(vector.max()) >> ring_bits:
+        raise ModelError(f"secagg {what} has values outside Z_2^{ring_bits}")
+    return vector
 
 
 def _check_setup(request: SetupRequest, client_id: int) -> None:
