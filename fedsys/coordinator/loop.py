@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from flwr.serverapp import Grid
 from fedsys import results
 from fedsys.config import RunConfig, ServerConfig
 from fedsys.coordinator.checkpoint import ServerState, load_checkpoint, save_checkpoint
-from fedsys.coordinator.plain import plain_round
+from fedsys.coordinator.plain import plain_evaluation, plain_round
 from fedsys.coordinator.population import Population, discover
 from fedsys.coordinator.round import UNKNOWN_REFUSAL, RoundOutcome, describe_refusals
 from fedsys.data import central_test_data
@@ -149,34 +150,24 @@ class Coordinator:
             return None
         assignment = population.sample(available, cfg.sampling, rng)
         rnd = cfg.num_rounds + 1  # its own SecAgg+ context: never a replay of the last round
+        score: Callable[..., RoundOutcome]
+        if cfg.secagg.enabled:
+            from fedsys.coordinator.secure import secure_round
+
+            score = partial(secure_round, evaluate_only=True)
+        else:
+            score = plain_evaluation
         try:
-            if cfg.secagg.enabled:
-                from fedsys.coordinator.secure import secure_round
-
-                outcome = secure_round(
-                    self.grid,
-                    cfg,
-                    assignment,
-                    weights,
-                    rnd,
-                    run_id,
-                    simulated=self.simulated,
-                    num_classes=self.num_classes,
-                    evaluate_only=True,
-                )
-            else:
-                from fedsys.coordinator.plain import plain_evaluation
-
-                outcome = plain_evaluation(
-                    self.grid,
-                    cfg,
-                    assignment,
-                    weights,
-                    rnd,
-                    run_id,
-                    simulated=self.simulated,
-                    num_classes=self.num_classes,
-                )
+            outcome = score(
+                self.grid,
+                cfg,
+                assignment,
+                weights,
+                rnd,
+                run_id,
+                simulated=self.simulated,
+                num_classes=self.num_classes,
+            )
         except FedsysError as err:
             log.warning("final federated evaluation failed: %s", err)
             return None
