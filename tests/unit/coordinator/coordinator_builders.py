@@ -6,12 +6,12 @@ import io
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedsys.config import RunConfig
 from fedsys.coordinator.plain import plain_round
 from fedsys.coordinator.round import RoundOutcome
-from fedsys.wire import ARRAYS, METRICS, STATUS, to_record
+from fedsys.wire import ARRAYS, CONFIG, METRICS, STATUS, from_record, to_record
 
 WEIGHTS = {"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}
 Script = Callable[[Message], Message | None]
@@ -108,3 +108,41 @@ def run_plain(
     assignment = {node: str(node) for node in script}
     grid = ScriptedGrid(script, spoofed)
     return plain_round(grid, config, assignment, WEIGHTS, 1, "00ab", simulated=False)  # type: ignore[arg-type]
+
+
+def node_config(**overrides: object) -> RunConfig:
+    """A deployment-style run (``dataset = "node"``: the nodes are the clients) of a 2-feature,
+    2-class logistic regression in plaintext; ``overrides`` are flat scenario keys."""
+    return RunConfig().replace(
+        {
+            "dataset": "node",
+            "model": "logreg",
+            "feature-shape": "2",
+            "num-classes": 2,
+            "device": "cpu",
+            "secagg.enabled": False,
+            "sampling.min-clients": 2,
+            **overrides,
+        }
+    )
+
+
+def trainer(node: int, steps: Mapping[int, float], *, crash_in: int = 0) -> Script:
+    """A node whose delta in round r is ``steps[r] * node`` times a fixed per-coordinate pattern,
+    from 10 examples; in round ``crash_in`` it answers with an error instead."""
+
+    def reply(message: Message) -> Message:
+        rnd = int(message.content.config_records[CONFIG]["server-round"])
+        if rnd == crash_in:
+            return Message(Error(code=1, reason="client died"), reply_to=message)
+        weights = from_record(message.content.array_records[ARRAYS])
+        delta = {
+            k: (steps[rnd] * node * np.linspace(-1.0, 2.0, v.size).reshape(v.shape)).astype(np.float32)
+            for k, v in weights.items()
+        }
+        return Message(
+            RecordDict({ARRAYS: to_record(delta), METRICS: MetricRecord({"num-examples": 10})}),
+            reply_to=message,
+        )
+
+    return reply

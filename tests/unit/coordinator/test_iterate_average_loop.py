@@ -5,49 +5,27 @@ the central evaluation), and it survives a checkpoint and a resume exactly."""
 import numpy as np
 import pytest
 import torch
-from coordinator_builders import Script, ScriptedGrid
-from flwr.app import Error, Message, MetricRecord, RecordDict
+from coordinator_builders import Script, ScriptedGrid, node_config, trainer
 
 from fedsys.config import RunConfig
 from fedsys.coordinator.checkpoint import load_checkpoint
 from fedsys.coordinator.loop import Coordinator
 from fedsys.results import MODEL_FILE
-from fedsys.wire import ARRAYS, CONFIG, METRICS, from_record, to_record
+from fedsys.wire import ARRAYS, CONFIG, from_record
 
 STEPS = {1: 0.5, 2: -0.25, 3: 1.0, 4: 0.1, 5: -0.6}
 DECAY = 0.75
 
 
 def _node(node: int, crash_in: int = 0) -> Script:
-    def reply(message: Message) -> Message:
-        rnd = int(message.content.config_records[CONFIG]["server-round"])
-        if rnd == crash_in:
-            return Message(Error(code=1, reason="client died"), reply_to=message)
-        weights = from_record(message.content.array_records[ARRAYS])
-        delta = {
-            k: (STEPS[rnd] * node * np.linspace(-1.0, 2.0, v.size).reshape(v.shape)).astype(np.float32)
-            for k, v in weights.items()
-        }
-        return Message(
-            RecordDict({ARRAYS: to_record(delta), METRICS: MetricRecord({"num-examples": 10})}),
-            reply_to=message,
-        )
-
-    return reply
+    return trainer(node, STEPS, crash_in=crash_in)
 
 
 def _config(rounds: int, average: str) -> RunConfig:
-    return RunConfig().replace(
-        {
+    return node_config(
+        **{
             "num-rounds": rounds,
-            "dataset": "node",
-            "model": "logreg",
-            "feature-shape": "2",
-            "num-classes": 2,
-            "device": "cpu",
             "dp.enabled": False,
-            "secagg.enabled": False,
-            "sampling.min-clients": 2,
             "evaluation.federated": False,
             "server.average": average,
             "server.ema-decay": DECAY,

@@ -4,7 +4,7 @@ and SecAgg+'s envelope binding; a simulated run draws its own."""
 import json
 
 import numpy as np
-from coordinator_builders import WEIGHTS, ScriptedGrid
+from coordinator_builders import WEIGHTS, ScriptedGrid, node_config
 from flwr.app import Message, MetricRecord, RecordDict
 from secure_builders import SecAggNode
 
@@ -25,19 +25,7 @@ def _holder(message: Message) -> Message:
 
 
 def _config(**extra):
-    return RunConfig().replace(
-        {
-            "num-rounds": 1,
-            "dataset": "node",
-            "model": "logreg",
-            "feature-shape": "2",
-            "num-classes": 2,
-            "device": "cpu",
-            "secagg.enabled": False,
-            "sampling.min-clients": 2,
-            **extra,
-        }
-    )
+    return node_config(**{"num-rounds": 1, **extra})
 
 
 def test_a_deployed_run_uses_flowers_run_id_everywhere(tmp_path):

@@ -4,7 +4,7 @@ aggregate, the nodes it found, and only numbers the server knows (issue 15)."""
 import json
 
 import numpy as np
-from coordinator_builders import ScriptedGrid
+from coordinator_builders import ScriptedGrid, node_config
 from flwr.app import Error, Message, MetricRecord, RecordDict
 
 from fedsys.config import RunConfig
@@ -31,15 +31,9 @@ def _holder(node: int, *, crash_in: int = 0):
 
 
 def _deployed_run(run_dir, script, **overrides):
-    config = RunConfig().replace(
-        {
+    config = node_config(
+        **{
             "num-rounds": 3,
-            "dataset": "node",
-            "model": "logreg",
-            "feature-shape": "2",
-            "num-classes": 2,
-            "device": "cpu",
-            "secagg.enabled": False,
             "sampling.min-clients": 3,
             "simulation.num-clients": 10,  # the scenario default a deployed run must not report
             **overrides,
@@ -90,19 +84,7 @@ class _JoiningGrid(ScriptedGrid):
 
 
 def test_a_node_that_joins_mid_run_is_counted_among_the_clients_seen(tmp_path):
-    config = RunConfig().replace(
-        {
-            "num-rounds": 2,
-            "dataset": "node",
-            "model": "logreg",
-            "feature-shape": "2",
-            "num-classes": 2,
-            "device": "cpu",
-            "dp.enabled": False,
-            "secagg.enabled": False,
-            "sampling.min-clients": 2,
-        }
-    )
+    config = node_config(**{"num-rounds": 2, "dp.enabled": False})
     grid = _JoiningGrid({node: _holder(node) for node in (1, 2, 3)})
 
     Coordinator(grid, config, tmp_path / "run", simulated=False).run()  # type: ignore[arg-type]

@@ -6,8 +6,17 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from coordinator_builders import WEIGHTS, Script, ScriptedGrid, reply_with, run_plain, update
-from flwr.app import Error, Message, MetricRecord, RecordDict
+from coordinator_builders import (
+    WEIGHTS,
+    Script,
+    ScriptedGrid,
+    node_config,
+    reply_with,
+    run_plain,
+    trainer,
+    update,
+)
+from flwr.app import Error, Message
 from secure_builders import SecAggNode, run_secure
 
 from fedsys.config import RunConfig, ServerConfig
@@ -16,26 +25,14 @@ from fedsys.coordinator.loop import Coordinator, next_model
 from fedsys.errors import ConfigError
 from fedsys.models import build_model, to_arrays
 from fedsys.strategy import ServerOptimizerState
-from fedsys.wire import ARRAYS, CONFIG, METRICS, from_record, to_record
+from fedsys.wire import CONFIG, to_record
 
 # a node's delta in round r: VALUES[r] * (node id) * a fixed per-coordinate pattern
 VALUES = {1: 0.5, 2: -0.25, 3: 1.0, 4: 0.1, 5: -0.6}
 
 
 def _scripted(node: int, values=VALUES) -> Script:
-    def reply(message: Message) -> Message:
-        rnd = int(message.content.config_records[CONFIG]["server-round"])
-        weights = from_record(message.content.array_records[ARRAYS])
-        delta = {
-            k: (values[rnd] * node * np.linspace(-1.0, 2.0, v.size).reshape(v.shape)).astype(np.float32)
-            for k, v in weights.items()
-        }
-        return Message(
-            RecordDict({ARRAYS: to_record(delta), METRICS: MetricRecord({"num-examples": 10})}),
-            reply_to=message,
-        )
-
-    return reply
+    return trainer(node, values)
 
 
 def _crashed(message: Message) -> Message:
@@ -45,17 +42,10 @@ def _crashed(message: Message) -> Message:
 def _config(rounds: int, **server: object) -> RunConfig:
     """A deployment-style run (the nodes are the clients) of a 2-feature logistic regression."""
     overrides = {f"server.{k}": v for k, v in server.items()}
-    return RunConfig().replace(
-        {
+    return node_config(
+        **{
             "num-rounds": rounds,
-            "dataset": "node",
-            "model": "logreg",
-            "feature-shape": "2",
-            "num-classes": 2,
-            "device": "cpu",
             "dp.enabled": False,
-            "secagg.enabled": False,
-            "sampling.min-clients": 2,
             "evaluation.federated": False,  # the scripted nodes only train
             **overrides,
         }
