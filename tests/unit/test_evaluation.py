@@ -67,6 +67,19 @@ def test_a_holder_may_not_send_an_evaluation_section_the_setup_did_not_ask_for()
         )
 
 
+def test_a_holder_may_not_send_evaluation_coordinates_outside_the_ring():
+    rng = np.random.default_rng(0)
+    params = SecAggParams(max_weight=1, extra_length=2, min_ring_bits=30)
+    with pytest.raises(Exception, match="extra coordinates has values outside"):
+        run_local_round(
+            [np.zeros(4)] * 2,
+            [1, 1],
+            rng=rng,
+            params=params,
+            extras=[np.array([1, 2**40], dtype=np.uint64)] * 2,
+        )
+
+
 @pytest.mark.parametrize(("clients", "max_examples", "loss_bound"), [(2, 100, 10.0), (7, 10_000, 3.0)])
 def test_the_ring_holds_the_largest_possible_sums_and_one_bit_less_would_wrap(
     clients, max_examples, loss_bound
