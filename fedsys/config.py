@@ -176,8 +176,26 @@ class DPConfig:
     # "client" = DP-FedAvg, each holder trains without DP and clips its whole update to
     # max-grad-norm (client-level DP: a neighbouring data set differs by one holder's data)
     level: DPLevel = "sample"
+    # distributed mode: a floor on the noise each holder adds by itself, in noise-multiplier units
+    # (standard deviation local-noise-multiplier x Delta_2 per coordinate), so that one holder's
+    # vector alone stays DP if secure aggregation fails; 0 = no floor. Simulation: every virtual
+    # holder applies it. Deployment: the server uses it only to size the ring; each holder's own
+    # node config (ddp-local-noise-multiplier) decides what it adds.
+    local_noise_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
+        _require(
+            self.local_noise_multiplier >= 0 and math.isfinite(self.local_noise_multiplier),
+            "dp.local-noise-multiplier",
+            self.local_noise_multiplier,
+            "must be a finite number >= 0 (0 = no local floor)",
+        )
+        _require(
+            self.local_noise_multiplier == 0 or self.mode == "distributed",
+            "dp.local-noise-multiplier",
+            self.local_noise_multiplier,
+            'is a floor for dp.mode = "distributed" (in local mode each holder adds all of its noise)',
+        )
         _require(
             self.mode in ("local", "distributed"),
             "dp.mode",

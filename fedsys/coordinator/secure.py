@@ -326,6 +326,7 @@ def _distributed_extra(encoding: DdpEncoding, config: RunConfig, contributors: i
         "dp-mode": "distributed",
         "dp-level": config.dp.level,
         "ddp-noise-multiplier": config.dp.noise_multiplier,
+        "ddp-local-noise-multiplier": config.dp.local_noise_multiplier,
         "ddp-min-survivors": encoding.min_survivors,
         "ddp-noise-contributors": contributors,
         "ddp-gamma": encoding.gamma,

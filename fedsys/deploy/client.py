@@ -89,6 +89,7 @@ class ClientOptions:
     feature_range: str = ""  # public range of the data's values: "LO,HI", a .csv table, or "none"
     peers: Path | None = None  # the other holders' identity public keys, checked out of band
     require_malicious_secagg: bool | None = None  # None: required whenever --key and --peers are given
+    local_noise_multiplier: float = 0.0  # distributed DP: the noise floor this holder adds by itself
 
 
 def node_config(options: ClientOptions) -> str:
@@ -120,6 +121,8 @@ def node_config(options: ClientOptions) -> str:
     values["share-evaluation"] = options.share_evaluation
     if options.max_rounds_per_run:
         values["max-rounds-per-run"] = int(options.max_rounds_per_run)
+    if options.local_noise_multiplier:
+        values["ddp-local-noise-multiplier"] = float(options.local_noise_multiplier)
     # SecAgg+ against a malicious server: the node-auth key doubles as the holder's signing identity
     if options.key is not None:
         values["identity-key"] = str(options.key.resolve())

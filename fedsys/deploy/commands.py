@@ -295,6 +295,13 @@ def client_start(
             help="Refuse SecAgg+ rounds that trust the server (default: required when --peers is given).",
         ),
     ] = None,
+    local_noise_multiplier: Annotated[
+        float,
+        typer.Option(
+            help="Distributed DP: the least noise this holder adds by itself (noise-multiplier units), "
+            "so its vector alone stays DP if secure aggregation fails; 0: only its share."
+        ),
+    ] = 0.0,
 ) -> None:
     """Run this data holder's SuperNode: trains on --data, enforces --max-epsilon, runs only approved code."""
     from fedsys.cli import guarded
@@ -329,6 +336,7 @@ def client_start(
             dataset_name=dataset_name,
             peers=peers,
             require_malicious_secagg=require_malicious_secagg,
+            local_noise_multiplier=local_noise_multiplier,
         )
         return start_client(options, _echo)
 

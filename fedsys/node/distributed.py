@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +55,9 @@ class DistributedUpdate:
     reason: str = ""
 
 
-def round_encoding(config: RunConfig, setup: SetupRequest, dim: int) -> DdpEncoding:
-    """This holder's encoding for the round the server set up (see :func:`holder_encoding`).
+def round_encoding(config: RunConfig, settings: HolderSettings, setup: SetupRequest, dim: int) -> DdpEncoding:
+    """This holder's encoding for the round the server set up (see :func:`holder_encoding`), with
+    the holder's own local noise floor.
 
     Raises:
         ConfigError: the server's scale or ring size is out of range.
@@ -68,7 +69,20 @@ def round_encoding(config: RunConfig, setup: SetupRequest, dim: int) -> DdpEncod
         ring_bits=setup.ring_bits,
         threshold=setup.threshold,
         participants=len(setup.neighbours) + 1,
+        local_noise_multiplier=settings.policy.local_noise_multiplier,
     )
+
+
+def local_epsilon(enc: DdpEncoding, sample_rate: float, rounds: int, delta: float) -> float:
+    """Epsilon of ``rounds`` of this holder's own noisy vectors seen unmasked (SecAgg+ broken).
+
+    Each carries ``Sk(enc.noise_mu)`` (its share, or its local floor when larger) on the sum of its
+    sampled records, so one round alone is the distributed mechanism with that parameter.
+    """
+    from fedsys.privacy.distributed import epsilon_of
+
+    segment = round_segment(enc, sample_rate)
+    return epsilon_of([], [replace(segment, mu=enc.noise_mu, steps=rounds)], delta)
 
 
 def precheck_distributed(
@@ -80,7 +94,8 @@ def precheck_distributed(
         ``("", epsilon_spent)`` when it fits, else ``(reason, epsilon_spent)``.
     """
     data = local_data(config, settings)
-    segment = round_segment(round_encoding(config, setup, dim), holder_sample_rate(config, len(data.train)))
+    enc = round_encoding(config, settings, setup, dim)
+    segment = round_segment(enc, holder_sample_rate(config, len(data.train)))
     budget = holder_budget(settings)
     ledger = _ledger(settings)
     try:
@@ -178,7 +193,7 @@ def distributed_update(
     data = local_data(config, settings)
     names = list(global_arrays)
     sizes = [int(global_arrays[k].size) for k in names]
-    enc = round_encoding(config, setup, sum(sizes))
+    enc = round_encoding(config, settings, setup, sum(sizes))
     sample_rate = holder_sample_rate(config, len(data.train))
     segment = round_segment(enc, sample_rate)
     budget = holder_budget(settings)
@@ -216,10 +231,19 @@ def distributed_update(
             summed = encode_records(grads, enc, rotation_seed=seed, rng=rounding)
             encoded = add_noise_share(summed, enc, noise_rng=noise)
         ledger.commit(reservation.entry_id, actual_steps=1, epsilon_after=reservation.epsilon_after)
+        rounds = sum(1 for e in ledger.entries(settings.dataset_name) if e.run_id == run_id)
     finally:
         ledger.close()
+    alone = local_epsilon(enc, sample_rate, rounds, budget.target_delta)
+    log.info(
+        "round %d: epsilon %.4g; this run's %d vector(s) of this holder alone, if SecAgg+ failed: %.4g",
+        server_round,
+        reservation.epsilon_after,
+        rounds,
+        alone,
+    )
     return DistributedUpdate(
         status="ok",
         encoded=encoded,
-        metrics={"epsilon": reservation.epsilon_after, "steps": 1.0},
+        metrics={"epsilon": reservation.epsilon_after, "steps": 1.0, "ddp-local-epsilon": alone},
     )

@@ -59,6 +59,10 @@ class HolderPolicy:
             confusion counts of the model it is sent, on its held-out split) may go: ``"secure"``
             only inside a SecAgg+ sum, ``"plain"`` also in a plaintext reply, ``"none"`` nowhere
             (it contributes zeros to a secure sum).
+        local_noise_multiplier: Distributed DP only: the least noise this holder adds by itself, in
+            noise-multiplier units (standard deviation ``local_noise_multiplier x Delta_2`` per
+            coordinate), so that its vector alone stays DP if secure aggregation fails (the masks
+            are broken, or the server colludes with the other holders); 0 adds only its share.
     """
 
     require_dp: bool = False
@@ -69,8 +73,14 @@ class HolderPolicy:
     share_epsilon: bool = True
     allowed_models: frozenset[str] | None = None
     share_evaluation: ShareEvaluation = "plain"
+    local_noise_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.local_noise_multiplier) and self.local_noise_multiplier >= 0):
+            raise ConfigError(
+                f"node config ddp-local-noise-multiplier must be a finite number >= 0, "
+                f"got {self.local_noise_multiplier!r}"
+            )
         if self.share_evaluation not in get_args(ShareEvaluation):
             raise ConfigError(
                 f"node config share-evaluation must be secure, plain or none, got {self.share_evaluation!r}"
@@ -90,6 +100,7 @@ POLICY_KEYS = (
     "share-epsilon",
     "allow-models",
     "share-evaluation",
+    "ddp-local-noise-multiplier",
 )
 
 # A holder that names no policy in deployment gets these: DP whenever it has a finite
@@ -130,6 +141,7 @@ def deployment_policy(
             ref.strip() for ref in str(node_config.get("allow-models", "")).split(",") if ref.strip()
         ),
         share_evaluation=str(node_config.get("share-evaluation", "secure")).strip().lower(),  # type: ignore[arg-type]
+        local_noise_multiplier=_number(node_config, "ddp-local-noise-multiplier", default=0.0),
     )
 
 
@@ -213,3 +225,11 @@ def _count(config: Mapping[str, object], key: str) -> int | None:
         return int(str(value))
     except ValueError as err:
         raise ConfigError(f"node config {key} must be an integer, got {value!r}") from err
+
+
+def _number(config: Mapping[str, object], key: str, *, default: float) -> float:
+    value = config.get(key, default)
+    try:
+        return float(str(value))
+    except ValueError as err:
+        raise ConfigError(f"node config {key} must be a number, got {value!r}") from err

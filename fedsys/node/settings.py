@@ -40,6 +40,7 @@ NODE_KEYS = {
     "max-rounds-per-run": str,
     "share-epsilon": str,
     "share-evaluation": str,  # secure | plain | none: where federated-evaluation sums may go
+    "ddp-local-noise-multiplier": float,  # distributed DP: the noise floor this holder adds by itself
     "allow-models": str,  # comma-separated package.module:factory models the holder lets a run import
 }
 _SIMULATION_KEYS = {"partition-id", "num-partitions"}
@@ -92,6 +93,8 @@ def holder_settings(
             device=run.device,
             partition_id=pid,
             num_partitions=num,
+            # the scenario plays every holder, so its floor is theirs
+            policy=HolderPolicy(local_noise_multiplier=run.dp.local_noise_multiplier),
         )
     values = {k: _typed(k, v) for k, v in node_config.items() if k not in _SIMULATION_KEYS}
     if "data-path" not in values:

@@ -70,6 +70,13 @@ def plan(
     ] = 3,
     bits: Annotated[int, typer.Option(help="Distributed: ring bits per coordinate.")] = 16,
     clip: Annotated[float, typer.Option(help="Distributed: per-record L2 clip (dp.max-grad-norm).")] = 1.0,
+    local_noise_multiplier: Annotated[
+        float,
+        typer.Option(
+            help="Distributed: the noise floor each holder adds by itself (its vector alone stays DP "
+            "if SecAgg+ fails); the plan shows that epsilon too."
+        ),
+    ] = 0.0,
 ) -> None:
     """Noise multiplier that makes a client's whole schedule end at --target-epsilon.
 
@@ -93,7 +100,7 @@ def plan(
 
         if mode == "distributed":
             result = _distributed_plan(target_epsilon, delta, rounds, dataset_size, batch_size, dim, clients,
-                                       threshold, bits, clip)  # fmt: skip
+                                       threshold, bits, clip, local_noise_multiplier)  # fmt: skip
             typer.echo(json.dumps(result, indent=2) if as_json else _format_distributed(result))
             return
         if mode != "local":
@@ -236,6 +243,7 @@ def _distributed_plan(
     threshold: int,
     bits: int,
     clip: float,
+    local_noise_multiplier: float = 0.0,
 ) -> dict[str, Any]:
     """The public parameters of a distributed-DP run that ends at ``target`` (see ``plan --mode``)."""
     from fedsys.config import RunConfig
@@ -257,12 +265,14 @@ def _distributed_plan(
             "simulation.num-clients": clients,
             "sampling.clients-per-round": clients,
             "secagg.threshold": threshold,
+            "dp.local-noise-multiplier": local_noise_multiplier,
         }
     )
     resolved = resolve_noise(config, sizes=[dataset_size], dim=dim)
     enc = server_encoding(resolved, dim=dim, threshold=threshold, participants=clients)
     rate = sample_rate_for(dataset_size, batch_size)
-    history = [replace(round_segment(enc, rate), steps=rounds)]
+    segment = round_segment(enc, rate)
+    history = [replace(segment, steps=rounds)]
     return {
         "mode": "distributed",
         "target_epsilon": target,
@@ -275,6 +285,9 @@ def _distributed_plan(
         "ring_bits": enc.ring_bits,
         "noise_mu_total": enc.noise_mu_total,
         "noise_mu_share": enc.noise_mu,
+        "local_noise_multiplier": local_noise_multiplier,
+        # one holder's vectors alone over the schedule (SecAgg+ broken): its share or its floor
+        "local_epsilon": epsilon_of([], [replace(segment, mu=enc.noise_mu, steps=rounds)], delta),
         "threshold": threshold,
         "clients": clients,
         "wrap_probability": enc.wrap_probability,
@@ -292,6 +305,12 @@ def _format_distributed(plan: dict[str, Any]) -> str:
             f"wrap-around probability <= {plan['wrap_probability']:.1e} per round",
             f"  each holder adds Skellam noise mu {plan['noise_mu_share']:.4g}; any {plan['threshold']} "
             f"together carry mu {plan['noise_mu_total']:.4g}",
+            f"  one holder's vectors alone, if SecAgg+ failed: epsilon {plan['local_epsilon']:.4g}"
+            + (
+                f" (local floor {plan['local_noise_multiplier']:g})"
+                if plan["local_noise_multiplier"]
+                else " (no local floor: --local-noise-multiplier)"
+            ),
         ]
     )
 

@@ -55,9 +55,18 @@ def mu_total_for(noise_multiplier: float, l2: float) -> float:
 
 
 def encoding_for(
-    config: RunConfig, *, dim: int, gamma: float, threshold: int, participants: int
+    config: RunConfig,
+    *,
+    dim: int,
+    gamma: float,
+    threshold: int,
+    participants: int,
+    local_noise_multiplier: float | None = None,
 ) -> DdpEncoding:
     """The encoding of a round with scale ``gamma`` (any ring size: see :func:`server_encoding`).
+
+    ``local_noise_multiplier`` is the floor on the noise one holder adds by itself (a holder passes
+    its own; the server leaves it None and sizes the ring with ``dp.local-noise-multiplier``).
 
     Raises:
         ConfigError: ``dp.noise-multiplier`` is not > 0, or the parameters are out of range.
@@ -65,12 +74,14 @@ def encoding_for(
     z = config.dp.noise_multiplier
     if not (math.isfinite(z) and z > 0):
         raise ConfigError(f'dp.mode = "distributed" needs dp.noise-multiplier > 0, got {z}')
+    floor = config.dp.local_noise_multiplier if local_noise_multiplier is None else local_noise_multiplier
     _, l2 = sensitivity(clip=config.dp.max_grad_norm, gamma=gamma, dim=dim)
     return make_encoding(
         dim=dim,
         clip=config.dp.max_grad_norm,
         gamma=gamma,
         noise_mu_total=mu_total_for(z, l2),
+        noise_mu_floor=mu_total_for(floor, l2) if floor > 0 else 0.0,
         min_survivors=threshold,
         max_summands=participants
         * (1 if config.dp.level == "client" else records_bound(config.train.batch_size)),
@@ -114,12 +125,20 @@ def server_encoding(config: RunConfig, *, dim: int, threshold: int, participants
 
 
 def holder_encoding(
-    config: RunConfig, *, dim: int, gamma: float, ring_bits: int, threshold: int, participants: int
+    config: RunConfig,
+    *,
+    dim: int,
+    gamma: float,
+    ring_bits: int,
+    threshold: int,
+    participants: int,
+    local_noise_multiplier: float = 0.0,
 ) -> DdpEncoding:
     """The holder's own encoding for the ``gamma`` and ring the server sent.
 
-    Delta_2 and the noise share come from ``gamma`` and the holder's view of the round; the ring
-    size is the server's (a ring too small only wraps, which costs accuracy, never privacy).
+    Delta_2 and the noise share come from ``gamma`` and the holder's view of the round, the local
+    floor from the holder's own ``local_noise_multiplier`` (never the server's); the ring size is
+    the server's (a ring too small only wraps, which costs accuracy, never privacy).
 
     Raises:
         ConfigError: ``gamma`` or ``ring_bits`` out of range (the holder refuses the round).
@@ -128,7 +147,14 @@ def holder_encoding(
         raise ConfigError(f"distributed DP: the server's scale gamma must be finite and > 0, got {gamma}")
     if not 2 <= ring_bits <= 62:
         raise ConfigError(f"distributed DP: the server's ring bits must be in [2, 62], got {ring_bits}")
-    enc = encoding_for(config, dim=dim, gamma=gamma, threshold=threshold, participants=participants)
+    enc = encoding_for(
+        config,
+        dim=dim,
+        gamma=gamma,
+        threshold=threshold,
+        participants=participants,
+        local_noise_multiplier=local_noise_multiplier,
+    )
     return replace(enc, ring_bits=ring_bits)
 
 

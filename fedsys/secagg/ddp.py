@@ -74,7 +74,9 @@ _BLOCK = 64  # Hadamard levels done as one small matrix product
 class DdpEncoding:
     """Public parameters of one distributed-DP round (identical for every client and the server).
 
-    ``noise_mu`` is THIS client's Skellam share, ``noise_mu_total / min_survivors``; ``l2_bound`` (Delta_2)
+    ``noise_mu`` is THIS client's Skellam noise: its share ``noise_mu_total / min_survivors``, or its own
+    local floor ``noise_mu_floor`` when that is larger (then its vector alone is DP at the floor's level,
+    whatever happens to the masks; the aggregate only gets more noise); ``l2_bound`` (Delta_2)
     bounds every summand's rounded integer vector and ``l1_bound`` (Delta_1) follows from it;
     ``wrap_probability`` bounds the chance that the round's aggregate wraps around in Z_{2^ring_bits}.
     """
@@ -92,6 +94,7 @@ class DdpEncoding:
     max_contributors: int
     max_summands: int
     wrap_probability: float
+    noise_mu_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.padded_dim != padded_dim_for(self.dim):
@@ -99,6 +102,8 @@ class DdpEncoding:
         _check_positive("clip", self.clip)
         _check_positive("gamma", self.gamma)
         _check_positive("noise mu", self.noise_mu)
+        if not (math.isfinite(self.noise_mu_floor) and 0 <= self.noise_mu_floor <= self.noise_mu):
+            raise ConfigError(f"ddp noise floor must be in [0, noise mu], got {self.noise_mu_floor!r}")
         if not 2 <= self.ring_bits <= MAX_DDP_RING_BITS:
             raise ConfigError(f"ddp ring bits must be in [2, {MAX_DDP_RING_BITS}], got {self.ring_bits}")
         if (self.gamma * self.clip + math.sqrt(self.padded_dim)) ** 2 >= _INT64_SAFE:
@@ -138,6 +143,7 @@ def make_encoding(
     min_survivors: int,
     max_summands: int,
     max_contributors: int | None = None,
+    noise_mu_floor: float = 0.0,
     beta: float = DEFAULT_BETA,
     wrap_bound: float = DEFAULT_WRAP_BOUND,
     max_ring_bits: int = MAX_DDP_RING_BITS,
@@ -154,6 +160,8 @@ def make_encoding(
         min_survivors: t, the fewest contributors an aggregate is released for; each share is mu_total / t.
         max_summands: most summands in one aggregate (records over all holders, or clients), for the ring.
         max_contributors: most clients adding a share (the ring must hold their noise); default t.
+        noise_mu_floor: the least Skellam parameter this client adds by itself (its local floor, so that
+            its vector alone is DP); its noise is ``max(share, floor)``; 0 for none.
         beta: conditional-rounding parameter of :func:`fedsys.secagg.ddp_bounds.rounded_l2_bound`.
         wrap_bound: tolerated probability that the round's aggregate wraps around.
         max_ring_bits: refuse parameters that need a larger ring (the bits-per-coordinate budget).
@@ -169,7 +177,9 @@ def make_encoding(
     _check_count("max summands", max_summands, 1)
     contributors = min_survivors if max_contributors is None else max_contributors
     _check_count("max contributors", contributors, min_survivors)
-    share = noise_mu_total / min_survivors
+    if not (math.isfinite(noise_mu_floor) and noise_mu_floor >= 0):
+        raise ConfigError(f"ddp noise floor mu must be finite and >= 0, got {noise_mu_floor!r}")
+    share = max(noise_mu_total / min_survivors, noise_mu_floor)
     if share > MAX_NOISE_MU:
         raise ConfigError(f"ddp noise share mu {share:.3g} exceeds {MAX_NOISE_MU:.0e}; lower gamma")
     ring_noise = share * contributors
@@ -196,6 +206,7 @@ def make_encoding(
         min_survivors=min_survivors,
         max_contributors=contributors,
         max_summands=max_summands,
+        noise_mu_floor=noise_mu_floor,
         wrap_probability=wrap_probability(
             ring_bits=ring_bits,
             padded_dim=padded_dim,

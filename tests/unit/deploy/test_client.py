@@ -50,6 +50,15 @@ def test_node_config_reaches_the_client_app_as_the_data_holder_set_it(tmp_path):
     assert settings.label_column == "y" and settings.num_classes == 2
     assert (settings.budget.max_epsilon, settings.budget.target_delta) == (8.0, 1e-5)
     assert settings.ledger_path == options.ledger.resolve()
+    assert settings.policy.local_noise_multiplier == 0.0
+
+
+def test_a_holders_local_noise_floor_reaches_its_policy(tmp_path):
+    options = _options(tmp_path, local_noise_multiplier=2.5)
+
+    settings = holder_settings(parse_config_args([node_config(options)]), RunConfig())
+
+    assert settings.policy.local_noise_multiplier == 2.5
 
 
 def test_supernode_verifies_the_server_authenticates_and_executes_nothing_itself(tmp_path):

@@ -87,3 +87,15 @@ def status_of(reply: Message) -> tuple[str, str]:
     """A reply's status and reason."""
     record = reply.content.config_records[STATUS]
     return str(record["status"]), str(record["reason"])
+
+
+def gaussian_epsilon(noise_multiplier: float, delta: float, *, releases: int = 1) -> float:
+    """``releases`` Gaussian releases (q = 1) by dp_accounting's RDP accountant on Opacus' orders:
+    an accountant independent of fedsys'."""
+    import dp_accounting
+    from dp_accounting import rdp
+    from opacus.accountants.rdp import RDPAccountant
+
+    accountant = rdp.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
+    accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier), releases)
+    return float(accountant.get_epsilon(delta))

@@ -9,6 +9,7 @@ import torch
 from flwr.app import ConfigRecord
 from holder_builders import (
     forbid_data_reads,
+    gaussian_epsilon,
     node_context,
     server_request,
     setup_request,
@@ -159,17 +160,6 @@ def _test_split(node):
 # --- optional DP on the released sums (evaluation.noise-multiplier) ----------------------------
 
 
-def _gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
-    """One Gaussian release (q = 1) by dp_accounting's RDP accountant on Opacus' orders."""
-    import dp_accounting
-    from dp_accounting import rdp
-    from opacus.accountants.rdp import RDPAccountant
-
-    accountant = rdp.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
-    accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier))
-    return float(accountant.get_epsilon(delta))
-
-
 def test_noisy_sums_are_charged_as_one_gaussian_release_before_they_leave(tmp_path):
     node = write_holder(tmp_path, **_PLAINTEXT, **{"share-evaluation": "plain"})
     message, _ = _eval_message(_scenario(**{"evaluation.noise-multiplier": 2.0}))
@@ -186,7 +176,7 @@ def test_noisy_sums_are_charged_as_one_gaussian_release_before_they_leave(tmp_pa
         1,
         "committed",
     )
-    assert entry.epsilon_after == pytest.approx(_gaussian_epsilon(2.0, entry.target_delta), rel=1e-6)
+    assert entry.epsilon_after == pytest.approx(gaussian_epsilon(2.0, entry.target_delta), rel=1e-6)
 
 
 def test_a_holder_whose_budget_cannot_pay_for_the_noise_releases_nothing(tmp_path):

@@ -353,3 +353,19 @@ def test_piped_ledger_show_keeps_each_entry_on_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     rows = [line for line in result.stdout.splitlines() if "10655336991243890644" in line]
     assert len(rows) == 3 and all("hospital-records" in row and "→" in row for row in rows)
+
+
+def test_a_distributed_plan_shows_what_one_holders_vectors_reveal_alone_and_a_floor_lowers_it():
+    common = ["--mode", "distributed", "--dataset-size", "287", "--batch-size", "300", "--dim", "650",
+              "--clients", "5", "--threshold", "4"]  # fmt: skip
+    plain = _plan_json(*common)
+    floored = _plan_json(*common, "--local-noise-multiplier", "10")
+    for plan in (plain, floored):
+        assert 2.97 <= plan["epsilon"] <= 3.0  # the aggregate meets the target either way
+    # without a floor one vector carries a quarter of the noise variance: sigma z/2 over 20 rounds
+    z = plain["noise_multiplier"]
+    assert plain["local_epsilon"] == pytest.approx(oracle_rdp_epsilon(z / 2, 1.0, 20, 1e-5), rel=0.05)
+    assert floored["local_epsilon"] == pytest.approx(oracle_rdp_epsilon(10.0, 1.0, 20, 1e-5), rel=0.05)
+    assert floored["local_epsilon"] < plain["local_epsilon"]
+    text = runner.invoke(app, [*PLAN, *common, "--local-noise-multiplier", "10"]).stdout
+    assert "alone, if SecAgg+ failed" in text and "local floor 10" in text
