@@ -156,7 +156,10 @@ def _dp_cell(run: RunData) -> str:
         return "off"
     cell = f"{noise_cell(run)}, C {_fmt(run.setting('dp.max-grad-norm'))}"
     if run.setting("dp.mode") == "distributed":  # sigma is the aggregate's, added in shares under SecAgg+
-        return f"distributed, aggregate {cell}, {_fmt(run.setting('dp.bits'))}-bit ring"
+        cell = f"distributed, aggregate {cell}, {_fmt(run.setting('dp.bits'))}-bit ring"
+        floor = run.setting("dp.local-noise-multiplier", 0.0)
+        if run.simulated and isinstance(floor, (int, float)) and floor > 0:  # deployed: each holder's own
+            cell += f", local floor σ {_fmt(floor)}"
     return cell
 
 

@@ -94,3 +94,21 @@ def test_cli_report_on_a_folder_that_is_no_run_is_a_one_line_error(tmp_path):
 
     assert result.exit_code == 2
     assert "not a run directory" in result.output
+
+
+@pytest.mark.parametrize(
+    ("simulated", "floor", "shown"),
+    [(True, 4.0, True), (True, 0.0, False), (False, 4.0, False)],  # deployed: each holder's own floor
+)
+def test_a_distributed_run_names_its_simulated_holders_local_floor(tmp_path, simulated, floor, shown):
+    run_dir = write_run(
+        tmp_path / "run",
+        [round_record(1)],
+        summary={"simulated": simulated},
+        **{"dp.mode": "distributed", "dp.noise-multiplier": 15.0, "dp.local-noise-multiplier": floor},
+    )
+
+    cell = key_numbers(load_run(run_dir))["dp"]
+
+    assert cell.startswith("distributed, aggregate σ 15") and "16-bit ring" in cell
+    assert ("local floor σ 4" in cell) is shown
