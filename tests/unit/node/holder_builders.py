@@ -83,6 +83,23 @@ def setup_request(
     )
 
 
+def ddp_setup_request(
+    *, gamma: float = 50.0, ring_bits: int = 20, integer: bool = True, threshold: int = 2
+) -> SetupRequest:
+    """A distributed-DP setup (integer inputs at scale ``gamma``) for the same model, padded to 16."""
+    from dataclasses import replace
+
+    from fedsys.secagg.ddp_bounds import padded_dim_for
+
+    return replace(
+        setup_request(threshold),
+        ring_bits=ring_bits,
+        vector_length=padded_dim_for(N_FEATURES * 2 + 2),
+        integer_input=integer,
+        integer_scale=gamma,
+    )
+
+
 def status_of(reply: Message) -> tuple[str, str]:
     """A reply's status and reason."""
     record = reply.content.config_records[STATUS]

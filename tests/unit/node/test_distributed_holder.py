@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
-from holder_builders import N_FEATURES, ROUND, node_context, server_request, status_of, write_holder
+from holder_builders import (
+    N_FEATURES,
+    ROUND,
+    ddp_setup_request,
+    node_context,
+    server_request,
+    status_of,
+    write_holder,
+)
 
 from fedsys.config import RunConfig
 from fedsys.errors import ProtocolError
@@ -24,7 +32,6 @@ from fedsys.node.settings import holder_settings
 from fedsys.privacy import PrivacyLedger
 from fedsys.privacy.distributed import epsilon_of
 from fedsys.privacy.distributed_round import holder_encoding, round_segment
-from fedsys.secagg import SetupRequest
 from fedsys.secagg.ddp_bounds import padded_dim_for
 from fedsys.wire import SECAGG
 
@@ -39,24 +46,6 @@ CONFIG = RunConfig().replace(
         "dp.bits": 20,
     }
 )
-
-
-def _setup(
-    *, gamma: float = 50.0, ring_bits: int = 20, integer: bool = True, threshold: int = 2
-) -> SetupRequest:
-    return SetupRequest(
-        context=ROUND,
-        recipient=1,
-        neighbours=(2, 3),
-        threshold=threshold,
-        ring_bits=ring_bits,
-        quant_bits=16,
-        clip_range=8.0,
-        vector_length=padded_dim_for(DIM),
-        max_weight=1000.0,
-        integer_input=integer,
-        integer_scale=gamma,
-    )
 
 
 def _settings(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -79,7 +68,9 @@ def test_two_identical_requests_get_independent_noise_at_a_real_holder(tmp_path:
     settings, _ = _settings(tmp_path)
     weights = to_arrays(build_model("logreg", (N_FEATURES,), 2))
     updates = [
-        distributed_update(CONFIG, settings, weights, setup=_setup(), server_round=1, run_id="00ff")
+        distributed_update(
+            CONFIG, settings, weights, setup=ddp_setup_request(), server_round=1, run_id="00ff"
+        )
         for _ in range(2)
     ]
     first, second = (u.encoded for u in updates)
@@ -94,7 +85,12 @@ def test_the_ledger_charges_the_noise_the_holder_adds_whatever_scale_the_server_
     settings, _ = _settings(tmp_path)
     weights = to_arrays(build_model("logreg", (N_FEATURES,), 2))
     update = distributed_update(
-        CONFIG, settings, weights, setup=_setup(gamma=gamma, ring_bits=40), server_round=1, run_id="00ff"
+        CONFIG,
+        settings,
+        weights,
+        setup=ddp_setup_request(gamma=gamma, ring_bits=40),
+        server_round=1,
+        run_id="00ff",
     )
     enc = holder_encoding(CONFIG, dim=DIM, gamma=gamma, ring_bits=40, threshold=2, participants=3)
     with PrivacyLedger(settings.ledger_path) as ledger:
@@ -117,7 +113,7 @@ def test_a_holder_in_distributed_mode_refuses_a_real_valued_setup_and_vice_versa
     for config, integer in ((CONFIG, False), (CONFIG.replace({"dp.mode": "local"}), True)):
         message = server_request(
             config,
-            extra={SECAGG: ConfigRecord(_setup(integer=integer).to_record())},
+            extra={SECAGG: ConfigRecord(ddp_setup_request(integer=integer).to_record())},
             message_type="train.secagg_setup",
         )[0]
         with pytest.raises(ProtocolError, match="does not match the secagg setup"):
@@ -128,7 +124,9 @@ def test_a_holder_declines_at_setup_a_distributed_round_its_budget_cannot_pay(tm
     settings, node = _settings(tmp_path)
     config = CONFIG.replace({"dp.noise-multiplier": 0.05})
     message = server_request(
-        config, extra={SECAGG: ConfigRecord(_setup().to_record())}, message_type="train.secagg_setup"
+        config,
+        extra={SECAGG: ConfigRecord(ddp_setup_request().to_record())},
+        message_type="train.secagg_setup",
     )[0]
     reply = secure.setup(message, node_context(node), {})
     status, reason = status_of(reply)
@@ -154,7 +152,9 @@ def test_the_holder_sends_its_clipped_gradients_plus_exactly_its_noise_share(tmp
     )  # fmt: skip
     weights = to_arrays(build_model("logreg", (64,), 10))
     dim = sum(a.size for a in weights.values())
-    setup = replace(_setup(gamma=300.0, ring_bits=30, threshold=2), vector_length=padded_dim_for(dim))
+    setup = replace(
+        ddp_setup_request(gamma=300.0, ring_bits=30, threshold=2), vector_length=padded_dim_for(dim)
+    )
     update = distributed_update(config, settings, weights, setup=setup, server_round=4, run_id="00ab")
     assert update.encoded is not None
 
@@ -194,7 +194,7 @@ def test_at_client_level_the_holder_sends_its_whole_clipped_update_and_charges_r
     config = CONFIG.replace({"dp.level": "client", "dp.max-grad-norm": 0.2,
                              "train.lr": 0.5, "train.local-epochs": 2})  # fmt: skip
     weights = to_arrays(build_model("logreg", (N_FEATURES,), 2))
-    setup = _setup(gamma=1e5, ring_bits=40)
+    setup = ddp_setup_request(gamma=1e5, ring_bits=40)
     update = distributed_update(config, settings, weights, setup=setup, server_round=1, run_id="00ff")
     assert update.status == "ok" and update.encoded is not None
     enc = holder_encoding(config, dim=DIM, gamma=1e5, ring_bits=40, threshold=2, participants=3)
@@ -212,7 +212,7 @@ def test_a_server_cannot_switch_the_dp_mode_between_setup_and_mask_to_burn_budge
     """Set up a distributed round, then ask for a local-mode mask: refused before any spending."""
     settings, node = _settings(tmp_path)
     context = node_context(node)
-    setup = replace(_setup(), vector_length=padded_dim_for(DIM))
+    setup = replace(ddp_setup_request(), vector_length=padded_dim_for(DIM))
     message = server_request(
         CONFIG, extra={SECAGG: ConfigRecord(setup.to_record())}, message_type="train.secagg_setup"
     )[0]

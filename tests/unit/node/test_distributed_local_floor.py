@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from holder_builders import N_FEATURES, ROUND, gaussian_epsilon, write_holder
+from holder_builders import N_FEATURES, ddp_setup_request, gaussian_epsilon, write_holder
 
 from fedsys.config import RunConfig
 from fedsys.errors import ConfigError
@@ -21,12 +21,10 @@ from fedsys.models import build_model, to_arrays
 from fedsys.node.distributed import distributed_update
 from fedsys.node.settings import holder_settings
 from fedsys.privacy.distributed_round import holder_encoding, server_encoding
-from fedsys.secagg import SetupRequest
 from fedsys.secagg.ddp import centre, make_encoding
-from fedsys.secagg.ddp_bounds import padded_dim_for
 
 DIM = N_FEATURES * 2 + 2  # 16 coordinates once padded
-PAIRS = 16  # 256 differences: the standard deviation to within about 4.5% (one sigma)
+PAIRS = 32  # 512 differences: the standard deviation to within about 3% (one sigma)
 RING = 40
 GAMMA = 50.0
 # batch 100 >= the holder's 64 training rows: every record every round, so two identical requests
@@ -34,29 +32,13 @@ GAMMA = 50.0
 CONFIG = RunConfig().replace(
     {
         "model": "logreg",
-        "num-rounds": 40,
+        "num-rounds": 64,
         "train.batch-size": 100,
         "dp.mode": "distributed",
         "dp.noise-multiplier": 2.0,
         "dp.bits": 20,
     }
 )
-
-
-def _setup() -> SetupRequest:
-    return SetupRequest(
-        context=ROUND,
-        recipient=1,
-        neighbours=(2, 3),
-        threshold=2,
-        ring_bits=RING,
-        quant_bits=16,
-        clip_range=8.0,
-        vector_length=padded_dim_for(DIM),
-        max_weight=1000.0,
-        integer_input=True,
-        integer_scale=GAMMA,
-    )
 
 
 def _noise_std(tmp_path: Path, server: RunConfig, **node: object) -> tuple[float, float, list[float]]:
@@ -66,7 +48,14 @@ def _noise_std(tmp_path: Path, server: RunConfig, **node: object) -> tuple[float
     settings = holder_settings(write_holder(tmp_path, rows=80, **node), server)
     weights = to_arrays(build_model("logreg", (N_FEATURES,), 2))
     sent = [  # the same round each time: the same rotation, so the signals cancel
-        distributed_update(server, settings, weights, setup=_setup(), server_round=1, run_id="00ff")
+        distributed_update(
+            server,
+            settings,
+            weights,
+            setup=ddp_setup_request(gamma=GAMMA, ring_bits=RING),
+            server_round=1,
+            run_id="00ff",
+        )
         for _ in range(2 * PAIRS)
     ]
     vectors = [u.encoded.astype(np.int64) for u in sent if u.encoded is not None]
