@@ -42,6 +42,9 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"})
+    # One torch/BLAS thread per process: the SuperLink, three SuperNodes and their ClientApps share
+    # the test machine's cores, and oversubscribed torch threads spin-wait each other (~10x slower).
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     return env
 
 
