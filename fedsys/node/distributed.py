@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,13 @@ from fedsys.node.settings import HolderSettings
 from fedsys.node.update import _ledger, holder_budget, local_data
 from fedsys.privacy import fingerprint_dataset
 from fedsys.privacy.budget import budget_epsilon
-from fedsys.privacy.distributed_round import holder_encoding, holder_sample_rate, rotation_seed, round_segment
+from fedsys.privacy.distributed_round import (
+    holder_encoding,
+    holder_sample_rate,
+    local_epsilon,
+    rotation_seed,
+    round_segment,
+)
 from fedsys.privacy.fedsgd import per_example_gradients, poisson_sample
 from fedsys.secagg import SetupRequest
 from fedsys.secagg.ddp import (
@@ -71,18 +77,6 @@ def round_encoding(config: RunConfig, settings: HolderSettings, setup: SetupRequ
         participants=len(setup.neighbours) + 1,
         local_noise_multiplier=settings.policy.local_noise_multiplier,
     )
-
-
-def local_epsilon(enc: DdpEncoding, sample_rate: float, rounds: int, delta: float) -> float:
-    """Epsilon of ``rounds`` of this holder's own noisy vectors seen unmasked (SecAgg+ broken).
-
-    Each carries ``Sk(enc.noise_mu)`` (its share, or its local floor when larger) on the sum of its
-    sampled records, so one round alone is the distributed mechanism with that parameter.
-    """
-    from fedsys.privacy.distributed import epsilon_of
-
-    segment = round_segment(enc, sample_rate)
-    return epsilon_of([], [replace(segment, mu=enc.noise_mu, steps=rounds)], delta)
 
 
 def precheck_distributed(
@@ -231,7 +225,9 @@ def distributed_update(
             summed = encode_records(grads, enc, rotation_seed=seed, rng=rounding)
             encoded = add_noise_share(summed, enc, noise_rng=noise)
         ledger.commit(reservation.entry_id, actual_steps=1, epsilon_after=reservation.epsilon_after)
-        rounds = sum(1 for e in ledger.entries(settings.dataset_name) if e.run_id == run_id)
+        # this run's Skellam entries, an open reservation of an earlier failed attempt included
+        entries = ledger.entries(settings.dataset_name)
+        rounds = sum(1 for e in entries if e.run_id == run_id and e.mechanism == "skellam")
     finally:
         ledger.close()
     alone = local_epsilon(enc, sample_rate, rounds, budget.target_delta)

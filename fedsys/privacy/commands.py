@@ -248,7 +248,7 @@ def _distributed_plan(
     """The public parameters of a distributed-DP run that ends at ``target`` (see ``plan --mode``)."""
     from fedsys.config import RunConfig
     from fedsys.privacy.distributed import epsilon_of
-    from fedsys.privacy.distributed_round import resolve_noise, round_segment, server_encoding
+    from fedsys.privacy.distributed_round import local_epsilon, resolve_noise, round_segment, server_encoding
     from fedsys.privacy.dpsgd import sample_rate_for
 
     if dataset_size is None or batch_size is None or dim is None:
@@ -271,8 +271,7 @@ def _distributed_plan(
     resolved = resolve_noise(config, sizes=[dataset_size], dim=dim)
     enc = server_encoding(resolved, dim=dim, threshold=threshold, participants=clients)
     rate = sample_rate_for(dataset_size, batch_size)
-    segment = round_segment(enc, rate)
-    history = [replace(segment, steps=rounds)]
+    history = [replace(round_segment(enc, rate), steps=rounds)]
     return {
         "mode": "distributed",
         "target_epsilon": target,
@@ -287,7 +286,7 @@ def _distributed_plan(
         "noise_mu_share": enc.noise_mu,
         "local_noise_multiplier": local_noise_multiplier,
         # one holder's vectors alone over the schedule (SecAgg+ broken): its share or its floor
-        "local_epsilon": epsilon_of([], [replace(segment, mu=enc.noise_mu, steps=rounds)], delta),
+        "local_epsilon": local_epsilon(enc, rate, rounds, delta),
         "threshold": threshold,
         "clients": clients,
         "wrap_probability": enc.wrap_probability,

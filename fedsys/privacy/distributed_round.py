@@ -175,6 +175,18 @@ def round_segment(enc: DdpEncoding, sample_rate: float) -> SkellamSegment:
     return SkellamSegment(mu=enc.noise_mu_total, l1=l1, l2=l2, sample_rate=sample_rate, steps=1)
 
 
+def local_epsilon(enc: DdpEncoding, sample_rate: float, rounds: int, delta: float) -> float:
+    """Epsilon of ``rounds`` of one holder's own noisy vectors seen unmasked (SecAgg+ broken, or the
+    server colluding with every other holder of the round).
+
+    Each carries ``Sk(enc.noise_mu)`` (its share, or its local floor when larger) on the sum of its
+    sampled records: one round alone is the distributed mechanism with that parameter.
+    """
+    from fedsys.privacy.distributed import epsilon_of
+
+    return epsilon_of([], [replace(round_segment(enc, sample_rate), mu=enc.noise_mu, steps=rounds)], delta)
+
+
 def round_threshold(config: RunConfig, participants: int) -> int:
     """The SecAgg+ threshold a round of ``participants`` gets (as :class:`fedsys.secagg.SecAggServer`
     picks it from the scenario): the fewest noise shares any released aggregate carries."""
