@@ -25,14 +25,7 @@ SEQUENCE_MODELS = ["lstm", "transformer"]
 LENGTH = 32  # the longest generated sentence has 30 bytes: no marker is cut off
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small models on a shared CPU: more torch threads than free cores made DP-SGD training here
-    # 10-30x slower (measured: 31 s vs 2.6 s for the LSTM's 39 steps, same weights either way).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _texts(n, seed, markers=WORDS):

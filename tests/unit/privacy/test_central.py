@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 from privacy_builders import oracle_rdp_epsilon
 
 from fedsys.config import RunConfig
@@ -12,14 +11,7 @@ from fedsys.errors import ConfigError
 from fedsys.privacy.central import central_epochs, pooled_training_data, train_central
 from fedsys.privacy.planning import EPSILON_TOLERANCE
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared CPU: more torch threads than free cores is ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _breast_cancer(**extra):
