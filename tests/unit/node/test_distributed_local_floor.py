@@ -28,7 +28,7 @@ PAIRS = 32  # 512 differences: the standard deviation to within about 3% (one si
 RING = 40
 GAMMA = 50.0
 # batch 100 >= the holder's 64 training rows: every record every round, so two identical requests
-# differ only by their noise (and rounding coins, variance < 16 per coordinate against ~10^4)
+# differ only by their noise (and rounding coins: variance < 16 per coordinate, against > 5,000)
 CONFIG = RunConfig().replace(
     {
         "model": "logreg",
@@ -41,10 +41,10 @@ CONFIG = RunConfig().replace(
 )
 
 
-def _noise_std(tmp_path: Path, server: RunConfig, **node: object) -> tuple[float, float, list[float]]:
+def _noise_std(tmp_path: Path, server: RunConfig, **node: object) -> tuple[float, list[float]]:
     """Send the same request ``2 x PAIRS`` times; the difference of two vectors is two independent
-    draws of the holder's noise. Returns its per-coordinate standard deviation in units of Delta_2,
-    Delta_2, and the local epsilon the holder reported after each round."""
+    draws of the holder's noise. Returns its per-coordinate standard deviation in units of Delta_2
+    and the local epsilon the holder reported after each round."""
     settings = holder_settings(write_holder(tmp_path, rows=80, **node), server)
     weights = to_arrays(build_model("logreg", (N_FEATURES,), 2))
     sent = [  # the same round each time: the same rotation, so the signals cancel
@@ -64,14 +64,14 @@ def _noise_std(tmp_path: Path, server: RunConfig, **node: object) -> tuple[float
     differences = [centre((a - b) % (1 << RING), RING) for a, b in pairs]
     enc = holder_encoding(server, dim=DIM, gamma=GAMMA, ring_bits=RING, threshold=2, participants=3)
     std = float(np.std(np.concatenate(differences))) / math.sqrt(2)
-    return std / enc.l2_bound, enc.l2_bound, [u.metrics["ddp-local-epsilon"] for u in sent]
+    return std / enc.l2_bound, [u.metrics["ddp-local-epsilon"] for u in sent]
 
 
 def test_without_a_floor_one_holders_vector_carries_only_its_share(tmp_path: Path) -> None:
-    std, _, alone = _noise_std(tmp_path, CONFIG)
+    std, alone = _noise_std(tmp_path, CONFIG)
     share = CONFIG.dp.noise_multiplier / math.sqrt(2)  # t = 2: each adds half the variance
     assert std == pytest.approx(share, rel=0.15)
-    # what the holder reports is its vector alone, and it is far above the aggregate's epsilon
+    # what the holder reports is the epsilon of its vectors alone (a Gaussian of std z / sqrt(t))
     assert alone[1] == pytest.approx(gaussian_epsilon(share, 1e-5, releases=2), rel=0.05)
     assert alone[-1] == pytest.approx(gaussian_epsilon(share, 1e-5, releases=len(alone)), rel=0.05)
 
@@ -81,7 +81,7 @@ def test_a_holders_own_floor_is_in_its_vector_whatever_the_server_sends(
     tmp_path: Path, server_floor: float
 ) -> None:
     server = CONFIG.replace({"dp.local-noise-multiplier": server_floor})
-    std, _, alone = _noise_std(tmp_path, server, **{"ddp-local-noise-multiplier": 4.0})
+    std, alone = _noise_std(tmp_path, server, **{"ddp-local-noise-multiplier": 4.0})
     assert std == pytest.approx(4.0, rel=0.15)  # the holder's floor, not the server's
     # epsilon of its vectors alone after 1, 2 and all rounds: a Skellam release is close to (and
     # never below) the Gaussian one of the same standard deviation, by an independent accountant
@@ -92,7 +92,7 @@ def test_a_holders_own_floor_is_in_its_vector_whatever_the_server_sends(
 
 def test_a_real_holder_ignores_a_floor_the_server_sends(tmp_path: Path) -> None:
     """The server's dp.local-noise-multiplier only sizes the ring; a holder's floor is its own."""
-    std, _, _ = _noise_std(tmp_path, CONFIG.replace({"dp.local-noise-multiplier": 6.0}))
+    std, _ = _noise_std(tmp_path, CONFIG.replace({"dp.local-noise-multiplier": 6.0}))
     assert std == pytest.approx(CONFIG.dp.noise_multiplier / math.sqrt(2), rel=0.15)
 
 
