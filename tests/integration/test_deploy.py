@@ -7,6 +7,7 @@ One cluster is shared by the module (starting it costs ~30 s); the tests that br
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import time
@@ -29,6 +30,7 @@ from fedsys.results import read_metrics
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NODES = ["hospital-a", "hospital-b", "hospital-c"]
 _PERMISSIVE = ("--allow-plaintext", "--min-cohort", "1", "--share-epsilon")
+FLOORED = NODES[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for name in NODES:
             # These holders accept plaintext rounds and share their epsilon, so that both
             # aggregation modes can be compared; test_deploy_exposure.py runs the defaults.
-            cluster.start_node(name, approve=cluster.app_hash, extra=_PERMISSIVE)
+            # FLOORED adds a local noise floor of its own in distributed-DP rounds.
+            floor = ("--local-noise-multiplier", "10") if name == FLOORED else ()
+            cluster.start_node(name, approve=cluster.app_hash, extra=(*_PERMISSIVE, *floor))
         for proc in cluster.nodes.values():
             proc.wait_for(r"app gate ready", timeout=120)
         yield cluster
@@ -211,6 +215,17 @@ def test_a_distributed_dp_round_runs_between_real_holders_and_each_charges_skell
             query = "SELECT mechanism, status FROM entries WHERE run_id = ?"
             rows = db.execute(query, (run_id,)).fetchall()
         assert rows == [("skellam", "committed")], (name, rows)
+    # the floor in one holder's own node config reached its ClientApp: its vector alone is the
+    # least revealing of the three (the server asked for no floor)
+    alone = {name: _logged_local_epsilon(cluster, name, run_id) for name in NODES}
+    assert alone[FLOORED] < min(v for name, v in alone.items() if name != FLOORED), alone
+
+
+def _logged_local_epsilon(cluster: Cluster, name: str, run_id: str) -> float:
+    log = (cluster.root / "nodes" / name / "supernode.log").read_text(errors="replace")
+    found = re.findall(r"alone, if SecAgg\+ failed: ([0-9.e+-]+)", log.split(f"[RUN {run_id}", 1)[-1])
+    assert found, f"{name}: no local epsilon logged for run {run_id}"
+    return float(found[-1])
 
 
 def _ledger_rows(cluster: Cluster, run_id: str) -> dict[str, list[tuple[int, str]]]:
