@@ -204,22 +204,13 @@ class Coordinator:
     ) -> RoundOutcome:
         cfg = self.config
         classes = self.num_classes if cfg.evaluation.federated else 0
-        try:
-            if cfg.secagg.enabled:
-                from fedsys.coordinator.secure import secure_round
+        train: Callable[..., RoundOutcome] = plain_round
+        if cfg.secagg.enabled:
+            from fedsys.coordinator.secure import secure_round
 
-                secured: RoundOutcome = secure_round(
-                    self.grid,
-                    cfg,
-                    assignment,
-                    weights,
-                    rnd,
-                    run_id,
-                    simulated=self.simulated,
-                    num_classes=classes,
-                )
-                return secured
-            return plain_round(
+            train = secure_round
+        try:
+            return train(
                 self.grid,
                 cfg,
                 assignment,
