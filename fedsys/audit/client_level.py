@@ -209,18 +209,44 @@ def audit_client_level(
     )
     if len(releases) < 2:
         raise ConfigError("the run released no global model; nothing to audit")
-    cohorts = [contributed_rounds(out_dir.resolve(), int(p)) for p in canary_set.partitions]
+    return judge_client_run(
+        releases,
+        canary_set,
+        config,
+        out_dir,
+        confidence=confidence,
+        no_dp=no_dp,
+        seed=audit_seed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def judge_client_run(
+    releases: dict[int, NDArray[np.float64]],
+    canary_set: ClientCanaries,
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    confidence: float,
+    no_dp: bool,
+    seed: int | None,
+    seconds: float,
+) -> AuditResult:
+    """Score the canaries against a run's released models (``releases``: round -> flat weights,
+    round 0 the initial model) over the rounds each canary's holder took part in, and judge them;
+    the result carries Andrew et al.'s Gaussian-fit estimate beside the bound."""
+    cohorts = [contributed_rounds(run_dir.resolve(), int(p)) for p in canary_set.partitions]
     scores = client_scores(releases, canary_set, cohorts)
     result = judge(
         scores,
         canary_set,
-        epsilon=math.inf if no_dp else claimed_epsilon(config, out_dir),
+        epsilon=math.inf if no_dp else claimed_epsilon(config, run_dir),
         delta=config.budget.target_delta,
         confidence=confidence,
         setting="federated-client",
         dp=not no_dp,
-        seed=audit_seed,
-        seconds=time.perf_counter() - started,
+        seed=seed,
+        seconds=seconds,
     )
     estimate = gaussian_fit_epsilon(
         scores[COHORT_ALIGNMENT], canary_set.included, delta=config.budget.target_delta

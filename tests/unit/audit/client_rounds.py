@@ -15,15 +15,12 @@ import numpy as np
 
 from fedsys.audit.client_canaries import ClientCanaries, make_client_canaries
 from fedsys.audit.client_level import (
-    COHORT_ALIGNMENT,
     HOLDER_CANARY_FILE,
     audit_config,
-    client_scores,
-    contributed_rounds,
-    gaussian_fit_epsilon,
+    judge_client_run,
 )
-from fedsys.audit.federated import _initial_model, claimed_epsilon
-from fedsys.audit.result import AuditResult, judge
+from fedsys.audit.federated import _initial_model
+from fedsys.audit.result import AuditResult
 from fedsys.config import RunConfig
 from fedsys.coordinator.secure import _fedsgd_step
 from fedsys.models import to_arrays
@@ -101,20 +98,6 @@ def audit_in_process(
         rng=np.random.default_rng(audit_seed),
     )
     releases = run_client_level(config, run_dir, canary_set)
-    cohorts = [contributed_rounds(run_dir, int(p)) for p in canary_set.partitions]
-    scores = client_scores(releases, canary_set, cohorts)
-    result = judge(
-        scores,
-        canary_set,
-        epsilon=np.inf if no_dp else claimed_epsilon(config, run_dir),
-        delta=config.budget.target_delta,
-        confidence=0.95,
-        setting="federated-client",
-        dp=not no_dp,
-        seed=audit_seed,
-        seconds=0.0,
+    return judge_client_run(
+        releases, canary_set, config, run_dir, confidence=0.95, no_dp=no_dp, seed=audit_seed, seconds=0.0
     )
-    estimate = gaussian_fit_epsilon(
-        scores[COHORT_ALIGNMENT], canary_set.included, delta=config.budget.target_delta
-    )
-    return result.with_estimate(estimate, level="client")
