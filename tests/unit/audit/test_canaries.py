@@ -94,7 +94,12 @@ def test_simulated_holder_trains_on_its_canaries(tmp_path: Path) -> None:
     np.testing.assert_array_equal(audited.test.x, plain.test.x)  # local test split untouched
 
 
-def test_a_server_cannot_choose_a_holders_canaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("key", ["audit-canaries", "audit-client-canaries"])  # records, client level
+def test_a_server_cannot_choose_a_holders_canaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """A canary file is a holder's own local setting: one the server sends is dropped, and a real
+    holder (or a virtual one without its own) never plays canaries."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -106,7 +111,7 @@ def test_a_server_cannot_choose_a_holders_canaries(tmp_path: Path, monkeypatch: 
         **RunConfig().to_flat(),
         "server-round": 1,
         "run-id": "00ff",
-        "audit-canaries": "/srv/planted.npz",
+        key: "/srv/planted.npz",
     }
     message = Message(RecordDict({"config": ConfigRecord(flat)}), message_type="train", dst_node_id=5)
     context = Context(
@@ -116,10 +121,11 @@ def test_a_server_cannot_choose_a_holders_canaries(tmp_path: Path, monkeypatch: 
         state=RecordDict(),
         run_config={},
     )
+    field = key.replace("-", "_")
 
     server, _, _ = server_config(message)
     alone, _ = local_settings(context, server, {}, message)
-    own, _ = local_settings(context, server, {"audit-canaries": str(tmp_path / "mine.npz")}, message)
+    own, _ = local_settings(context, server, {key: str(tmp_path / "mine.npz")}, message)
 
-    assert server.audit_canaries == "" and alone.audit_canaries == ""
-    assert own.audit_canaries == str(tmp_path / "mine.npz")
+    assert getattr(server, field) == "" and getattr(alone, field) == ""
+    assert getattr(own, field) == str(tmp_path / "mine.npz")

@@ -121,32 +121,6 @@ def test_only_a_simulated_client_the_harness_designates_plays_a_canary(tmp_path:
     assert canary_direction(path, out_slot, names) is None
 
 
-def test_a_server_cannot_make_a_holder_play_a_canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flwr.app import ConfigRecord, Context, Message, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
-
-    from fedsys.node.handlers import local_settings, server_config
-
-    for name in ("_task_id", "_run_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
-    flat = {
-        **RunConfig().to_flat(),
-        "server-round": 1,
-        "run-id": "00ff",
-        "audit-client-canaries": "/srv/x.npz",
-    }
-    message = Message(RecordDict({"config": ConfigRecord(flat)}), message_type="train", dst_node_id=5)
-    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 2},
-                      state=RecordDict(), run_config={})  # fmt: skip
-
-    server, _, _ = server_config(message)
-    alone, _ = local_settings(context, server, {}, message)
-    own, _ = local_settings(context, server, {"audit-client-canaries": str(tmp_path / "m.npz")}, message)
-
-    assert server.audit_client_canaries == "" and alone.audit_client_canaries == ""
-    assert own.audit_client_canaries == str(tmp_path / "m.npz")
-
-
 def test_client_canary_counts_out_of_range_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"--canaries must be in \[2, 5\]"):
         make_client_canaries(count=6, names=["w"], dim=3, holders=5, rng=np.random.default_rng(0))
